@@ -1,0 +1,91 @@
+# gunicorn configuration for rover_stream.
+#
+# Start it with `rover-stream serve`, or by hand:
+#
+#     gunicorn -c gunicorn.conf.py wsgi:app
+#
+# Every value below comes from a ROVER_... setting declared once in rover_stream/settings.py (see
+# docs/settings.md), so the server and the app always agree; a command-line flag given to gunicorn still
+# wins over this file.
+
+import os
+import resource
+
+from rover_stream import settings as _settings
+
+_s = _settings.load()
+
+# Server socket
+#
+#   bind - The socket to bind: 'HOST:PORT', '[IPv6]:PORT' or 'unix:PATH'. Loopback by default: put nginx
+#       (deploy/) in front for the outside world.
+#   backlog - Connections the kernel queues while every greenlet is busy.
+
+bind = [_s["BIND"]]
+backlog = 2048
+
+# Worker processes
+#
+#   workers - Worker processes. One gevent worker serves thousands of streams; more than one needs the
+#       Redis engine (ROVER_REDIS_URL) so that every worker sees every event.
+#   worker_class - gevent: one greenlet per connection, and the standard library monkey-patched so that
+#       plain `def` views and `time.sleep` in generators are cooperative.
+#   worker_connections - Greenlets per worker: the most simultaneous connections. rover_stream caps open
+#       streams below this (ROVER_MAX_STREAMS, 90% by default) so /health and short requests always get in.
+#   timeout - A worker silent for this long is killed and restarted. Streams do not count: the gevent
+#       worker notifies the master from its own loop; only CPU-bound code that never yields trips it.
+#   graceful_timeout - Upper bound after SIGTERM. rover_stream ends its streams at once with a final
+#       event, so workers normally exit within a few seconds (see post_worker_init below).
+#   keepalive - Seconds to wait for the next request on a keep-alive connection.
+
+workers = _s["WORKERS"]
+worker_class = "gevent"
+worker_connections = _s["WORKER_CONNECTIONS"]
+timeout = _s["TIMEOUT"]
+graceful_timeout = _s["GRACEFUL_TIMEOUT"]
+keepalive = _s["KEEPALIVE"]
+
+# Logging
+#
+#   loglevel - debug, info, warning, error, critical.
+#   accesslog - '-' for stderr; one line per request (a stream logs when it ends).
+
+loglevel = _s["LOG_LEVEL"]
+errorlog = "-"
+accesslog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(L)ss'
+
+# Process naming
+
+proc_name = "rover-stream"
+
+# Server hooks
+#
+#   on_starting - Called in the master before it forks. Raises the open-file limit to its hard maximum:
+#       every stream holds a socket, and the usual soft limit (1024) is far below worker_connections.
+#
+#   post_worker_init - Called in each worker after it has set up (and, for gevent, monkey-patched). Starts
+#       a greenlet that watches worker.alive: on SIGTERM gunicorn only stops accepting and then waits up to
+#       graceful_timeout for requests to end, which endless streams never do. The watcher tells
+#       rover_stream to end every stream now (SSE streams send a final `event: shutdown` with a short
+#       `retry:`), so the worker exits within a few seconds.
+
+
+def on_starting(server):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            server.log.warning("Could not raise the open-file limit from %s: %s", soft, exc)
+
+
+def post_worker_init(worker):
+    from rover_stream.lifecycle import watch_worker
+
+    watch_worker(worker)
+
+
+def worker_int(worker):
+    worker.log.info("worker %s interrupted", os.getpid())

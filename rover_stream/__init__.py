@@ -1,0 +1,34 @@
+"""rover_stream: synchronous-first streaming for Flask on gunicorn + gevent.
+
+Route authors write plain ``def`` views that return streaming responses::
+
+    from rover_stream import create_app, sse_response, Event
+
+    app = create_app()
+
+    @app.get("/ticks")
+    def ticks():
+        def events():
+            for n in itertools.count():
+                yield Event(data={"n": n}, id=n)
+                time.sleep(1)
+        return sse_response(events())
+
+The public API is re-exported here; the modules are: ``wire`` (pure encoders), ``pipe`` (producer/socket
+hand-off), ``streaming``/``sse``/``files`` (responses), ``runtime`` (stream cap, shutdown), ``settings``.
+"""
+
+from .app import create_app, init_app
+from .errors import ApiError, ConfigError, EncodeError, RoverStreamError, ServiceUnavailable, StreamAborted
+from .files import send_file, send_from_directory
+from .pipe import PipeClosed
+from .sse import last_event_id, sse_response
+from .streaming import StreamingResponse, StreamingWriter, csv_response, ndjson_response
+from .wire.sse import Event, encode
+from .wire.tabular import FLUSH
+
+__all__ = [
+    "ApiError", "ConfigError", "EncodeError", "Event", "FLUSH", "PipeClosed", "RoverStreamError",
+    "ServiceUnavailable", "StreamAborted", "StreamingResponse", "StreamingWriter", "create_app", "csv_response",
+    "encode", "init_app", "last_event_id", "ndjson_response", "send_file", "send_from_directory", "sse_response",
+]

@@ -1,0 +1,76 @@
+"""The few concurrency primitives rover_stream needs, correct under gevent *and* real threads.
+
+Under gunicorn's gevent worker the standard library is monkey-patched, so ``threading.Event`` and
+``threading.Thread`` are already cooperative. What differs is what a real thread cannot do: be killed while
+blocked. :func:`spawn` returns a handle whose :meth:`Task.cancel` kills a greenlet at once (raising
+``GreenletExit`` where it waits, so ``finally`` blocks run) and, for a thread, leaves it to notice at its
+next hand-off. Nothing here creates a lock, thread or greenlet at import time (they would not survive fork
+or ``--preload``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import select
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+
+def gevent_active() -> bool:
+    """True when the process runs under gevent's monkey-patching (gunicorn's gevent worker)."""
+    if "gevent" not in sys.modules:
+        return False
+    from gevent import monkey
+
+    return bool(monkey.is_module_patched("threading"))
+
+
+class Task:
+    """A running producer: a greenlet under gevent, a daemon thread otherwise."""
+
+    def __init__(self, target: Callable[[], Any], name: str) -> None:
+        context = contextvars.copy_context()
+        self._greenlet: Any = None
+        self._thread: threading.Thread | None = None
+        if gevent_active():
+            import gevent
+
+            self._greenlet = gevent.spawn(context.run, target)
+            self._greenlet.name = name
+        else:
+            self._thread = threading.Thread(target=context.run, args=(target,), name=name, daemon=True)
+            self._thread.start()
+
+    def cancel(self) -> None:
+        """Stop the task as soon as the runtime allows: at once for a greenlet; a thread stops at its next
+        hand-off to the consumer, which refuses it."""
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._greenlet is not None:
+            self._greenlet.join(timeout)
+        elif self._thread is not None:
+            self._thread.join(timeout)
+
+
+def spawn(target: Callable[[], Any], name: str = "rover-stream-producer") -> Task:
+    """Run ``target`` concurrently, with a copy of the caller's context (so ``current_app`` works)."""
+    return Task(target, name)
+
+
+def wait_writable(fd: int, timeout: float) -> bool:
+    """Block (cooperatively under gevent) until ``fd`` can be written to; False after ``timeout`` seconds."""
+    if gevent_active():
+        from gevent.socket import wait_write
+
+        try:
+            wait_write(fd, timeout=timeout)
+        except OSError:  # gevent raises socket.timeout (an OSError) when the time is up
+            return False
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return bool(poller.poll(timeout * 1000))

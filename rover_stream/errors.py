@@ -1,0 +1,90 @@
+"""The package's exceptions, and the one JSON shape every HTTP error takes.
+
+Every error body is ``{"error": CODE, "message": SENTENCE, "status": HTTP_STATUS}``, where ``CODE`` is a
+stable snake_case name clients may switch on and ``message`` is a sentence for people.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+
+class RoverStreamError(Exception):
+    """Base class of every exception rover_stream raises on purpose."""
+
+
+class ConfigError(RoverStreamError):
+    """A setting has a value that is not allowed; the message names the setting, the value and what is
+    allowed."""
+
+
+class EncodeError(RoverStreamError, ValueError):
+    """A route author asked for an event that cannot be encoded faithfully (a newline in an id, say)."""
+
+
+class StreamAborted(RoverStreamError):
+    """Raised from a response body when its producer failed mid-stream. The server then closes the
+    connection without the final chunk, so the client sees a failed transfer rather than a short, complete
+    looking one."""
+
+
+class ApiError(RoverStreamError):
+    """An error answered to the client as JSON with an HTTP status."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def to_response(self) -> Response:
+        return error_response(self.status, self.code, self.message, self.headers)
+
+
+class ServiceUnavailable(ApiError):
+    """The server cannot take this request now (stream cap reached, shutting down); try again later."""
+
+    status = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    response = jsonify(error=code, message=message, status=status)
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _http_code(exc: HTTPException) -> str:
+    return (exc.name or "error").lower().replace(" ", "_").replace("'", "")
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Answer every error, ours and Werkzeug's, with the JSON shape above."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Any:
+        return exc.to_response()
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Any:
+        status = exc.code or 500
+        response = error_response(status, _http_code(exc), exc.description or exc.name or "Error")
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response

@@ -1,0 +1,108 @@
+"""Per-app bookkeeping of open streams: the stream cap, graceful shutdown and the stream counters.
+
+One :class:`StreamRuntime` lives in ``app.extensions["rover_stream"]``. Every streaming body registers with
+it when the view creates it (:meth:`StreamRuntime.admit`) and leaves when the server closes it. It holds no
+lock: under gevent nothing preempts between two bytecodes of ours, and under real threads ``set.add`` and
+``len`` are atomic, so admission can at worst refuse a stream too many, never let one too many in.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, current_app
+
+from . import signals
+from .errors import ServiceUnavailable
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .streaming import StreamBody
+
+EXTENSION_KEY = "rover_stream"
+
+
+class StreamRuntime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.max_streams = settings.max_streams
+        self.shutting_down = False
+        self._open: set[StreamBody] = set()
+        self.started_at = time.time()
+        self.streams_opened = 0
+        self.streams_rejected = 0
+        self.bytes_sent = 0
+        self.stream_errors = 0
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._open)
+
+    def admit(self, body: StreamBody) -> None:
+        """Register a new stream, or refuse it with 503 (cap reached or shutting down)."""
+        if self.shutting_down:
+            self._reject(body, "The server is shutting down; reconnect in a moment.", "shutting_down")
+        self._open.add(body)
+        if len(self._open) > self.max_streams:
+            self._open.discard(body)
+            self._reject(
+                body,
+                f"This worker is serving its maximum of {self.max_streams} streams; retry shortly.",
+                "too_many_streams",
+            )
+        self.streams_opened += 1
+        signals.stream_opened.send(body, kind=body.kind)
+
+    def _reject(self, body: StreamBody, message: str, code: str) -> None:
+        self.streams_rejected += 1
+        signals.stream_rejected.send(body, reason=code)
+        raise ServiceUnavailable(message, code=code, retry_after=max(1, self.settings["RETRY_MS"] // 1000))
+
+    def release(self, body: StreamBody, reason: str) -> None:
+        self._open.discard(body)
+        self.bytes_sent += body.bytes_sent
+        if reason == "error":
+            self.stream_errors += 1
+        signals.stream_closed.send(body, reason=reason, bytes_sent=body.bytes_sent, duration=body.duration)
+
+    def begin_shutdown(self, sender: Any = None, **_: Any) -> None:
+        """Stop admitting streams and wake every open one so that it ends now with its final event."""
+        self.shutting_down = True
+        for body in list(self._open):
+            body.wake()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "open_streams": self.open_streams,
+            "max_streams": self.max_streams,
+            "streams_opened": self.streams_opened,
+            "streams_rejected": self.streams_rejected,
+            "bytes_sent": self.bytes_sent + sum(body.bytes_sent for body in list(self._open)),
+            "stream_errors": self.stream_errors,
+            "shutting_down": self.shutting_down,
+        }
+
+
+def init_runtime(app: Flask, settings: Settings) -> StreamRuntime:
+    runtime = StreamRuntime(settings)
+    app.extensions[EXTENSION_KEY] = runtime
+    # A bound method is held weakly; the app keeps the runtime alive for as long as the app lives.
+    signals.shutdown_requested.connect(runtime.begin_shutdown)
+    return runtime
+
+
+def get_runtime(app: Flask | None = None) -> StreamRuntime:
+    app = app or current_app
+    try:
+        return app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
+    except KeyError:
+        raise RuntimeError(
+            "rover_stream is not set up on this app: create it with rover_stream.create_app() or call "
+            "rover_stream.init_app(app)."
+        ) from None
+
+
+def request_shutdown() -> None:
+    """Ask every app in this process to end its streams (called by the gunicorn hooks on SIGTERM)."""
+    signals.shutdown_requested.send(None)

@@ -1,0 +1,281 @@
+"""Every setting of rover_stream, declared once.
+
+Each :class:`Setting` carries its name, how to parse it, its default, what values are allowed and a help
+text. Values come, in order of precedence, from the ``config`` mapping given to
+:func:`rover_stream.create_app`, the Flask config passed there, the environment (``ROVER_<NAME>``), and the
+default. :func:`load` validates them all at start-up and raises :class:`~rover_stream.errors.ConfigError`
+naming the setting, the bad value and what is allowed. ``gunicorn.conf.py`` reads the same declarations, so
+the server and the app can never disagree, and ``docs/settings.md`` is generated from them
+(``python -m rover_stream.settings``; a test keeps it current).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+PREFIX = "ROVER_"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: ``parse`` turns a raw value (a string from the environment, or any Python value from a
+    config mapping) into the typed value or raises ``ValueError`` with the sentence that says what is
+    allowed."""
+
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    allowed: str
+
+    @property
+    def key(self) -> str:
+        return PREFIX + self.name
+
+
+# -- parsers -------------------------------------------------------------------------------------------------
+
+def _integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[Any], int]:
+    def parse(raw: Any) -> int:
+        if isinstance(raw, bool):
+            raise ValueError
+        value = int(raw.strip()) if isinstance(raw, str) else int(raw)
+        if isinstance(raw, float) and raw != value:
+            raise ValueError
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise ValueError
+        return value
+
+    return parse
+
+
+def _seconds(minimum: float = 0.0, exclusive: bool = True) -> Callable[[Any], float]:
+    def parse(raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise ValueError
+        value = float(raw.strip()) if isinstance(raw, str) else float(raw)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError
+        if value < minimum or (exclusive and value == minimum):
+            raise ValueError
+        return value
+
+    return parse
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError
+
+
+def _text(raw: Any) -> str:
+    if not isinstance(raw, (str, os.PathLike)):
+        raise ValueError
+    text = os.fspath(raw).strip()
+    if not text:
+        raise ValueError
+    return text
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        text = str(raw).strip().lower()
+        if text not in choices:
+            raise ValueError
+        return text
+
+    return parse
+
+
+_BIND = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$|^unix:/.+$")
+
+
+def _bind(raw: Any) -> str:
+    text = str(raw).strip()
+    match = _BIND.match(text)
+    if not match or (match.group(2) is not None and int(match.group(2)) > 65535):
+        raise ValueError
+    return text
+
+
+def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse_optional(raw: Any) -> Any:
+        if raw is None or (isinstance(raw, str) and raw.strip() in ("", "auto")):
+            return None
+        return parse(raw)
+
+    return parse_optional
+
+
+# -- the declarations ----------------------------------------------------------------------------------------
+
+SETTINGS: tuple[Setting, ...] = (
+    # Server (read by gunicorn.conf.py)
+    Setting("BIND", _bind, "127.0.0.1:8000",
+            "Address gunicorn listens on.", "HOST:PORT, [IPv6]:PORT or unix:/path"),
+    Setting("WORKERS", _integer(1, 256), 1,
+            "Number of gunicorn worker processes. More than one needs the Redis engine to share events.",
+            "an integer from 1 to 256"),
+    Setting("WORKER_CONNECTIONS", _integer(10, 1_000_000), 1000,
+            "Greenlets (simultaneous connections) per gevent worker.", "an integer from 10 to 1000000"),
+    Setting("TIMEOUT", _integer(1, 86_400), 30,
+            "Seconds a worker may stay silent (blocked by CPU work) before the master kills it.",
+            "an integer number of seconds from 1 to 86400"),
+    Setting("GRACEFUL_TIMEOUT", _integer(1, 86_400), 30,
+            "Upper bound in seconds for a worker to finish after SIGTERM. Streams end themselves much sooner.",
+            "an integer number of seconds from 1 to 86400"),
+    Setting("KEEPALIVE", _integer(0, 3600), 5,
+            "Seconds to wait for the next request on a keep-alive connection.",
+            "an integer number of seconds from 0 to 3600"),
+    Setting("LOG_LEVEL", _choice("debug", "info", "warning", "error", "critical"), "info",
+            "Log level of gunicorn and the app.", "debug, info, warning, error or critical"),
+    # Streams
+    Setting("MAX_STREAMS", _optional(_integer(1)), None,
+            "Open streams allowed per worker; beyond it new streams get 503 with Retry-After. "
+            "Empty or 'auto' means 90% of WORKER_CONNECTIONS, leaving room for /health and short requests.",
+            "an integer >= 1, or auto"),
+    Setting("HEARTBEAT_INTERVAL", _seconds(), 15.0,
+            "Seconds of producer silence after which an SSE stream sends a ': ping' comment. It keeps proxies "
+            "from cutting idle streams and detects vanished clients within two intervals.",
+            "a number of seconds > 0"),
+    Setting("RETRY_MS", _integer(0, 86_400_000), 3000,
+            "The 'retry:' hint at the start of every SSE stream: how long EventSource waits before reconnecting.",
+            "an integer number of milliseconds from 0 to 86400000"),
+    Setting("SHUTDOWN_RETRY_MS", _integer(0, 86_400_000), 1000,
+            "The 'retry:' hint of the final 'shutdown' event sent to every open SSE stream on SIGTERM.",
+            "an integer number of milliseconds from 0 to 86400000"),
+    Setting("STREAM_QUEUE_SIZE", _integer(1, 1_000_000), 64,
+            "Items buffered between a stream's producer and the socket. A full buffer blocks the producer "
+            "(backpressure), so memory per stream stays bounded.", "an integer from 1 to 1000000"),
+    Setting("WRITE_BATCH_BYTES", _integer(512, 16 * 1024 * 1024), 64 * 1024,
+            "CSV, NDJSON and writer output is gathered into chunks of about this size before each socket write.",
+            "an integer number of bytes from 512 to 16777216"),
+    Setting("FLUSH_INTERVAL", _seconds(), 0.05,
+            "Longest time in seconds that written CSV/NDJSON/writer bytes wait in a partial batch.",
+            "a number of seconds > 0"),
+    Setting("FILE_CHUNK_SIZE", _integer(512, 16 * 1024 * 1024), 256 * 1024,
+            "Bytes per read when a file is streamed without sendfile (non-gunicorn servers, TLS).",
+            "an integer number of bytes from 512 to 16777216"),
+    Setting("SEND_TIMEOUT", _seconds(), 60.0,
+            "Seconds a file download may make no progress (client not reading) before it is abandoned.",
+            "a number of seconds > 0"),
+    # Demo and files
+    Setting("UPLOADS_DIR", _text, "uploads",
+            "Folder served by GET /download/<filename> (relative paths are relative to the working directory).",
+            "a folder path"),
+    Setting("DATA_DIR", _text, "var",
+            "Folder for generated data such as the rover image (relative to the working directory).",
+            "a folder path"),
+    Setting("IMAGE_CHUNK_SIZE", _integer(1, 16 * 1024 * 1024), 4096,
+            "Bytes per chunk of GET /stream/rover-image, the chunked-generator example.",
+            "an integer number of bytes from 1 to 16777216"),
+    Setting("DEMO", _boolean, True,
+            "Mount the Cosmic Rover Mission Control demo routes.", "true or false (1/0, yes/no, on/off)"),
+)
+
+BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+
+
+class Settings(Mapping[str, Any]):
+    """The validated values, by name without prefix (``settings["HEARTBEAT_INTERVAL"]``)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Settings({self._values!r})"
+
+    @property
+    def max_streams(self) -> int:
+        """MAX_STREAMS, resolved: 'auto' leaves 10% of the worker's connections for short requests."""
+        explicit = self._values["MAX_STREAMS"]
+        if explicit is not None:
+            return int(explicit)
+        return max(1, self._values["WORKER_CONNECTIONS"] * 9 // 10)
+
+
+def _parse_one(setting: Setting, raw: Any, source: str) -> Any:
+    try:
+        return setting.parse(raw)
+    except (ValueError, TypeError, OverflowError):
+        raise ConfigError(
+            f"Setting {setting.key} has the invalid value {raw!r} (from {source}); allowed: {setting.allowed}."
+        ) from None
+
+
+def load(config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting.
+
+    ``config`` may name settings with or without the ``ROVER_`` prefix; it wins over the environment.
+    Unknown ``ROVER_`` keys in ``config`` are refused (a typo must not silently fall back to a default);
+    unknown ``ROVER_`` environment variables are ignored, as other tools may share the prefix.
+    """
+    environ = os.environ if environ is None else environ
+    explicit: dict[str, Any] = {}
+    for key, value in (config or {}).items():
+        name = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        if name in BY_NAME:
+            explicit[name] = value
+        elif key.startswith(PREFIX):
+            close = [s.key for s in SETTINGS if s.name.split("_")[0] == name.split("_")[0]]
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"Unknown setting {key!r}.{hint} See docs/settings.md for the list.")
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.name in explicit:
+            values[setting.name] = _parse_one(setting, explicit[setting.name], "config")
+        elif setting.key in environ:
+            values[setting.name] = _parse_one(setting, environ[setting.key], "environment")
+        else:
+            values[setting.name] = setting.default
+    return Settings(values)
+
+
+def markdown_table() -> str:
+    """The settings reference as a Markdown document (``docs/settings.md``)."""
+    lines = [
+        "# Settings",
+        "",
+        "Generated from `rover_stream/settings.py` by `python -m rover_stream.settings > docs/settings.md`;",
+        "a test fails when this file and the declarations differ.",
+        "",
+        "Set each one in the environment, or in the `config` mapping given to `create_app()`",
+        "(which wins). Invalid values stop the start-up with a message naming the setting.",
+        "",
+        "| Setting | Default | Allowed | Meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for s in SETTINGS:
+        default = "auto" if s.default is None else str(s.default).lower() if isinstance(s.default, bool) \
+            else s.default
+        lines.append(f"| `{s.key}` | `{default}` | {s.allowed} | {s.help} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -1,0 +1,305 @@
+"""Streaming responses for plain ``def`` views: any iterable, a writer, CSV and NDJSON.
+
+Every streaming response has a :class:`StreamBody` as its WSGI body. The body is admitted by the app's
+:class:`~rover_stream.runtime.StreamRuntime` when the view creates it (503 beyond the stream cap), counts
+the bytes it sends, and on ``close()`` -- which the WSGI server calls when the response ends, the client
+disconnects or the worker stops -- closes its producer and leaves the runtime.
+
+If the producer raises mid-stream, the body raises :class:`~rover_stream.errors.StreamAborted`. The server
+then closes the connection without the terminating chunk (or short of ``Content-Length``), so curl and
+browsers report a failed transfer instead of saving a truncated file as if it were complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from flask import Response
+
+from .concurrency import Task, spawn
+from .errors import RoverStreamError, StreamAborted
+from .pipe import FeedEnded, Pipe, PipeClosed
+from .runtime import StreamRuntime, get_runtime
+from .wire.tabular import csv_chunks, ndjson_chunks
+
+log = logging.getLogger("rover_stream.stream")
+
+#: Items the pipe holds per batch size before a writer blocks: how far a writer may run ahead of the socket.
+PIPE_BATCHES = 4
+
+
+class StreamBody:
+    """Base WSGI body: admission, byte counting, abort-on-error and idempotent close."""
+
+    kind = "stream"
+
+    def __init__(self, runtime: StreamRuntime) -> None:
+        self.runtime = runtime
+        self.bytes_sent = 0
+        self.started = False
+        self._opened_at = time.monotonic()
+        self._closed = False
+        self._end_reason = "disconnect"
+        self._chunks: Iterator[bytes] | None = None
+        runtime.admit(self)
+
+    @property
+    def duration(self) -> float:
+        return time.monotonic() - self._opened_at
+
+    def __iter__(self) -> StreamBody:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._chunks is None:
+            self.started = True
+            self._chunks = self.chunks()
+        try:
+            chunk = next(self._chunks)
+        except StopIteration:
+            self._end_reason = "shutdown" if self._end_reason == "shutdown" else "complete"
+            raise
+        except (BrokenPipeError, ConnectionResetError):
+            raise  # the client went away mid-write; the server handles it quietly, and so do we
+        except Exception as exc:
+            self._end_reason = "error"
+            if isinstance(exc, StreamAborted):
+                raise
+            log.error("%s stream failed mid-response; aborting the connection", self.kind, exc_info=exc)
+            raise StreamAborted(f"{type(exc).__name__}: {exc}") from exc
+        self.bytes_sent += len(chunk)
+        return chunk
+
+    def chunks(self) -> Iterator[bytes]:
+        """The bytes to send; subclasses implement it."""
+        raise NotImplementedError
+
+    def wake(self) -> None:
+        """Called on shutdown: make a body that is waiting notice ``runtime.shutting_down`` now."""
+
+    def cleanup(self) -> None:
+        """Release what the body holds (producer task, file); called once, from :meth:`close`."""
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._chunks is not None:
+                self._chunks.close()  # type: ignore[attr-defined]
+            self.cleanup()
+        finally:
+            self.runtime.release(self, self._end_reason)
+
+
+class IterableBody(StreamBody):
+    """Sends whatever the route author's iterable yields, as it yields it (``str`` as UTF-8)."""
+
+    def __init__(self, runtime: StreamRuntime, content: Iterable[bytes | str]) -> None:
+        super().__init__(runtime)
+        self._content = content
+
+    def chunks(self) -> Iterator[bytes]:
+        for item in self._content:
+            if isinstance(item, str):
+                item = item.encode("utf-8")
+            if item:  # gunicorn ends a chunked body at an empty chunk; never emit one mid-stream
+                yield item
+
+    def cleanup(self) -> None:
+        close = getattr(self._content, "close", None)
+        if close is not None:
+            close()
+
+
+class WriterBody(StreamBody):
+    """The socket side of a :class:`StreamingWriter`: takes what the writer pushed into a bounded pipe."""
+
+    def __init__(self, runtime: StreamRuntime) -> None:
+        super().__init__(runtime)
+        settings = runtime.settings
+        self.batch_bytes: int = settings["WRITE_BATCH_BYTES"]
+        self.flush_interval: float = settings["FLUSH_INTERVAL"]
+        self.pipe = Pipe(limit=self.batch_bytes * PIPE_BATCHES, wake_at=self.batch_bytes, count_bytes=True)
+        self.task: Task | None = None
+        self._function: Callable[[StreamingWriter], Any] | None = None
+
+    def run_in_task(self, function: Callable[[StreamingWriter], Any]) -> None:
+        self._function = function
+
+    def chunks(self) -> Iterator[bytes]:
+        if self._function is not None:
+            self.task = spawn(self._produce, name="rover-stream-writer")
+        take = self.pipe.take
+        while True:
+            try:
+                parts = take(self.flush_interval)
+            except FeedEnded:
+                return
+            if parts:
+                yield b"".join(parts)
+            elif self.runtime.shutting_down:
+                # A download cut short must look cut short: no terminating chunk.
+                raise StreamAborted("the server is shutting down")
+
+    def _produce(self) -> None:
+        assert self._function is not None
+        writer = StreamingWriter(body=self)
+        try:
+            self._function(writer)
+        except PipeClosed:
+            writer.closed = True
+        except Exception as exc:
+            self.pipe.finish(exc)
+            return
+        writer.close()
+
+    def wake(self) -> None:
+        self.pipe.wake()
+
+    def cleanup(self) -> None:
+        self.pipe.close()
+        if self.task is not None:
+            self.task.cancel()
+
+
+class StreamingWriter:
+    """A file-like writer whose bytes reach the client while it is still writing.
+
+    Used as ``with response.writer() as w:`` or passed to a function registered with ``@response.writer``.
+    ``write`` blocks while the client is behind by more than a few batches (backpressure), and raises
+    :class:`~rover_stream.pipe.PipeClosed` once the client has gone, which ends the writer. Leaving the
+    ``with`` block with an exception aborts the response (the client sees a failed transfer).
+    """
+
+    def __init__(self, response: StreamingResponse | None = None, *, body: WriterBody | None = None) -> None:
+        if body is None:
+            if response is None or not isinstance(response.body, WriterBody):
+                raise RoverStreamError(
+                    "StreamingWriter needs a StreamingResponse created without content, e.g. "
+                    "StreamingResponse(content_type='text/csv')."
+                )
+            body = response.body
+        self._body = body
+        self._pipe = body.pipe
+        self.closed = False
+
+    def write(self, data: bytes | str) -> int:
+        if self.closed:
+            raise ValueError("write to a closed StreamingWriter")
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        if data:
+            if not self._body.started and self._pipe.would_block(len(data)):
+                raise RoverStreamError(
+                    "This StreamingWriter wrote more than "
+                    f"{self._body.batch_bytes * PIPE_BATCHES} bytes before the view returned its response, "
+                    "so nothing could be sent yet. To stream while writing, register the writing function "
+                    "with @response.writer instead of writing inside the view."
+                )
+            self._pipe.push(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._pipe.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._pipe.finish()
+
+    def abort(self, error: BaseException) -> None:
+        self.closed = True
+        self._pipe.finish(error)
+
+    def __enter__(self) -> StreamingWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None:
+            self.abort(exc)
+        else:
+            self.close()
+
+
+class StreamingResponse(Response):
+    """A response whose body is streamed as it is produced.
+
+    ``StreamingResponse(generator, content_type="text/plain")`` sends each chunk the generator yields.
+    ``StreamingResponse(content_type="text/csv")`` without content is written to with :meth:`writer`.
+    """
+
+    def __init__(
+        self,
+        content: Iterable[bytes | str] | None = None,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        content_type: str | None = None,
+        *,
+        media_type: str | None = None,
+        body: StreamBody | None = None,
+    ) -> None:
+        runtime = get_runtime()
+        if body is None:
+            body = IterableBody(runtime, content) if content is not None else WriterBody(runtime)
+        self.body = body
+        super().__init__(
+            body, status=status, headers=dict(headers or {}),
+            content_type=content_type or media_type or "application/octet-stream", direct_passthrough=True,
+        )
+        # A long response must reach the client as it is produced: tell nginx not to buffer it.
+        self.headers.setdefault("X-Accel-Buffering", "no")
+
+    def writer(self, function: Callable[[StreamingWriter], Any] | None = None) -> Any:
+        """``with response.writer() as w: w.write(...)`` inside the view (a small body, written before the
+        response is returned), or ``@response.writer`` on a function taking the writer, which runs in its
+        own greenlet once the client is connected: it streams as it writes, with backpressure."""
+        if not isinstance(self.body, WriterBody):
+            raise RoverStreamError("writer() is for a StreamingResponse created without content.")
+        if function is None:
+            return StreamingWriter(self)
+        self.body.run_in_task(function)
+        return function
+
+
+def _download_headers(filename: str | None, headers: Mapping[str, str] | None) -> dict[str, str]:
+    result = dict(headers or {})
+    if filename:
+        from werkzeug.http import dump_options_header
+
+        result.setdefault("Content-Disposition", dump_options_header("attachment", {"filename": filename}))
+    return result
+
+
+def csv_response(
+    rows: Iterable[Sequence[Any] | Mapping[str, Any] | Any],
+    header: Sequence[str] | None = None,
+    *,
+    filename: str | None = "data.csv",
+    headers: Mapping[str, str] | None = None,
+    **fmtparams: Any,
+) -> StreamingResponse:
+    """Stream ``rows`` as a CSV download (``text/csv; charset=utf-8``), batched into large chunks."""
+    settings = get_runtime().settings
+    chunks = csv_chunks(rows, header, batch_bytes=settings["WRITE_BATCH_BYTES"],
+                        flush_interval=settings["FLUSH_INTERVAL"], **fmtparams)
+    return StreamingResponse(chunks, headers=_download_headers(filename, headers),
+                             content_type="text/csv; charset=utf-8")
+
+
+def ndjson_response(
+    records: Iterable[Any],
+    *,
+    filename: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    default: Callable[[Any], Any] | None = None,
+) -> StreamingResponse:
+    """Stream ``records`` as newline-delimited JSON (``application/x-ndjson``), batched into large chunks."""
+    settings = get_runtime().settings
+    chunks = ndjson_chunks(records, batch_bytes=settings["WRITE_BATCH_BYTES"],
+                           flush_interval=settings["FLUSH_INTERVAL"], default=default)
+    return StreamingResponse(chunks, headers=_download_headers(filename, headers),
+                             content_type="application/x-ndjson")
