@@ -10,7 +10,7 @@ away from the camera.
 Only Pillow is used, and all the pixel work is done by its C operations (gradients, resizes of small noise
 images, blurs, channel blends, polygon and ellipse drawing), so a 4K frame renders in a few seconds.
 Randomness comes from :class:`random.Random` instances seeded from the seed and a feature name, so the
-same seed always yields the same bytes and the scene composition does not depend on the resolution.
+same seed always yields the same bytes, and the composition is essentially the same at any resolution.
 
 Files are written atomically (temporary file in the same directory, ``fsync``, :func:`os.replace`), so a
 reader or a concurrent :func:`ensure_rover_image` caller never sees a half-written JPEG.
@@ -35,11 +35,13 @@ DEFAULT_HEIGHT = 2160
 """Default image height in pixels."""
 DEFAULT_SEED = 1976
 """Default scene seed (the year Viking 1 sent back the first pictures from the surface)."""
-DEFAULT_QUALITY = 92
+DEFAULT_QUALITY = 94
 """Default JPEG quality; with the regolith grain this lands the defaults at a few megabytes."""
 IMAGE_NAME = "rover_image.jpg"
 """File name used by :func:`ensure_rover_image`."""
 
+JPEG_SUBSAMPLING = 0
+"""Chroma subsampling passed to Pillow: 0 is 4:4:4, which keeps the fine rust/ochre colour detail."""
 MIN_SIZE = 32
 """Smallest accepted width or height in pixels."""
 MAX_QUALITY = 95
@@ -49,6 +51,7 @@ HORIZON = 0.47
 """Height of the true horizon (vanishing line of the ground plane) as a fraction of the image height."""
 
 RGB = tuple[int, int, int]
+Point = tuple[float, float]
 
 _SKY_STOPS: tuple[tuple[float, RGB], ...] = (
     (0.00, (150, 104, 80)),  # zenith: deeper, dustier butterscotch
@@ -129,7 +132,14 @@ def generate_rover_image(
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format="JPEG", quality=quality, progressive=True, optimize=True)
+            image.save(
+                fh,
+                format="JPEG",
+                quality=quality,
+                progressive=True,
+                optimize=True,
+                subsampling=JPEG_SUBSAMPLING,
+            )
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; the image is meant to be served
@@ -162,7 +172,9 @@ def ensure_rover_image(directory: os.PathLike[str] | str, **kwargs: int) -> path
     return generate_rover_image(target, **kwargs)
 
 
-def render_rover_image(width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT, seed: int = DEFAULT_SEED) -> Image.Image:
+def render_rover_image(
+    width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT, seed: int = DEFAULT_SEED
+) -> Image.Image:
     """Paint the landscape in memory and return it as an ``RGB`` :class:`PIL.Image.Image`.
 
     The composition (ridge shapes, crater and rock placement, tracks) depends only on *seed*, not on the
@@ -170,11 +182,9 @@ def render_rover_image(width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT,
     """
     size = (width, height)
     canvas = _sky(size, _rng(seed, "sky"))
-    ridges: list[list[tuple[float, float]]] = []
-    ground = Image.new("L", size, 0)
+    ground = Image.new("L", size, 0)  # coverage of the terrain, for placing rocks and grain
     for index, layer in enumerate(_LAYERS):
         ridge = _ridge_line(size, layer, _rng(seed, f"ridge{index}"))
-        ridges.append(ridge)
         _paint_layer(canvas, ground, ridge, layer, _rng(seed, f"texture{index}"))
 
     bands = _clear_bands(size)
@@ -202,6 +212,7 @@ def _rng(seed: int, feature: str) -> random.Random:
 
 
 def _lerp(a: RGB, b: RGB, t: float) -> RGB:
+    """Linear interpolation between two colours, *t* clamped to ``[0, 1]``."""
     t = min(1.0, max(0.0, t))
     return (round(a[0] + (b[0] - a[0]) * t), round(a[1] + (b[1] - a[1]) * t), round(a[2] + (b[2] - a[2]) * t))
 
@@ -214,20 +225,25 @@ def _noise(rng: random.Random, size: tuple[int, int]) -> Image.Image:
 def _fractal_noise(
     rng: random.Random, size: tuple[int, int], cells: tuple[int, int], octaves: int, persistence: float
 ) -> Image.Image:
-    """Summed value noise: small random images upscaled bicubically, octave by octave, then stretched."""
+    """Summed value noise: small random images upscaled bicubically, octave by octave.
+
+    The octaves are summed at half resolution (their finest cells still span several pixels) and the result
+    is stretched to *size* once, which halves the cost of the dominant resizes.
+    """
+    work = (max(1, (size[0] + 1) // 2), max(1, (size[1] + 1) // 2))
     acc: Image.Image | None = None
     total = 0.0
     weight = 1.0
     for octave in range(octaves):
         grid = (max(2, cells[0] << octave), max(2, cells[1] << octave))
-        if grid[0] > size[0] or grid[1] > size[1]:
+        if acc is not None and (grid[0] > work[0] or grid[1] > work[1]):
             break
-        layer = _noise(rng, grid).resize(size, Image.Resampling.BICUBIC)
+        layer = _noise(rng, grid).resize(work, Image.Resampling.BICUBIC)
         total += weight
         acc = layer if acc is None else Image.blend(acc, layer, weight / total)
         weight *= persistence
     assert acc is not None
-    return ImageOps.autocontrast(acc, cutoff=1)
+    return ImageOps.autocontrast(acc, cutoff=1).resize(size, Image.Resampling.BICUBIC)
 
 
 def _midpoint_profile(rng: random.Random, levels: int, roughness: float) -> list[float]:
@@ -247,7 +263,7 @@ def _midpoint_profile(rng: random.Random, levels: int, roughness: float) -> list
     return [(v - low) / span for v in values]
 
 
-def _ridge_line(size: tuple[int, int], layer: _Layer, rng: random.Random) -> list[tuple[float, float]]:
+def _ridge_line(size: tuple[int, int], layer: _Layer, rng: random.Random) -> list[Point]:
     """Screen points of a layer's ridge line, left to right; the lowest point sits at ``layer.base``."""
     width, height = size
     profile = _midpoint_profile(rng, 10, layer.roughness)
@@ -255,15 +271,13 @@ def _ridge_line(size: tuple[int, int], layer: _Layer, rng: random.Random) -> lis
         # A broad mountain (think Aeolis Mons) with a flat-ish summit and eroded flanks.
         centre = rng.uniform(0.55, 0.8)
         spread = rng.uniform(0.14, 0.2)
-        bump = [math.exp(-(((i / (len(profile) - 1)) - centre) / spread) ** 4) for i in range(len(profile))]
+        bump = [math.exp(-((((i / (len(profile) - 1)) - centre) / spread) ** 4)) for i in range(len(profile))]
         scale = layer.massif / layer.amplitude
         profile = [p + b * scale * (0.85 + 0.15 * p) for p, b in zip(profile, bump, strict=True)]
         low = min(profile)
         profile = [p - low for p in profile]
     last = len(profile) - 1
-    return [
-        (width * i / last, height * (layer.base - layer.amplitude * p)) for i, p in enumerate(profile)
-    ]
+    return [(width * i / last, height * (layer.base - layer.amplitude * p)) for i, p in enumerate(profile)]
 
 
 def _sky(size: tuple[int, int], rng: random.Random) -> Image.Image:
@@ -297,7 +311,7 @@ def _sky(size: tuple[int, int], rng: random.Random) -> Image.Image:
     return sky
 
 
-def _glow(image: Image.Image, centre: tuple[float, float], radius: float, colour: RGB, strength: float) -> Image.Image:
+def _glow(image: Image.Image, centre: Point, radius: float, colour: RGB, strength: float) -> Image.Image:
     """Blend *colour* into *image* through a soft disc (drawn small and upscaled for big radii)."""
     width, height = image.size
     factor = max(1, int(radius // 12))
@@ -339,17 +353,26 @@ def _strata(rng: random.Random, size: tuple[int, int]) -> Image.Image:
 
 
 def _paint_layer(
-    canvas: Image.Image, ground: Image.Image, ridge: list[tuple[float, float]], layer: _Layer, rng: random.Random
+    canvas: Image.Image,
+    ground: Image.Image,
+    ridge: list[Point],
+    layer: _Layer,
+    rng: random.Random,
 ) -> None:
     """Texture, shade and colour one terrain band and composite it onto *canvas* (and *ground*)."""
     width, height = canvas.size
     top = max(0, int(min(y for _, y in ridge)) - 2)
     box_size = (width, height - top)
 
+    rim = max(1, round(height / 700))
+    # Below this strip the layer mask is solid, so edge effects only need to be computed inside it.
+    strip = (0, 0, width, min(box_size[1], int(max(y for _, y in ridge)) - top + 8 * rim + 4))
+
     mask = Image.new("L", box_size, 0)
     outline = [(x, y - top) for x, y in ridge]
     ImageDraw.Draw(mask).polygon([(0, box_size[1]), *outline, (width, box_size[1])], fill=255)
-    mask = mask.filter(ImageFilter.GaussianBlur(max(0.4, width / 4000 * (1.0 + layer.haze))))
+    edge = mask.crop(strip).filter(ImageFilter.GaussianBlur(max(0.4, width / 4000 * (1.0 + layer.haze))))
+    mask.paste(edge, strip)
 
     # Rock-and-dust texture: fractal value noise, compressed vertically for distant layers.
     cells_y = max(2, round(layer.cells * box_size[1] / width * layer.squash))
@@ -370,18 +393,23 @@ def _paint_layer(
     slope.putdata(slopes)
     # Only broad facets: small-scale wiggles of the ridge line would smear into vertical stripes.
     slope = slope.filter(ImageFilter.BoxBlur(12)).resize(box_size, Image.Resampling.BILINEAR)
-    depth = max(2, round(height * (layer.amplitude * 0.6 + layer.massif * 1.5)))
-    shifted = Image.new("L", box_size, 0)
-    shifted.paste(mask, (0, depth))
-    band = ImageChops.subtract(mask, shifted).filter(ImageFilter.GaussianBlur(depth / 3))
+    # ... fading out with depth below the ridge line (a smooth field, so computed at quarter resolution).
+    small_size = (max(1, width // 4), max(1, box_size[1] // 4))
+    small = mask.resize(small_size, Image.Resampling.BOX)
+    depth = max(1, round(height * (layer.amplitude * 0.6 + layer.massif * 1.5) / 4))
+    shifted = Image.new("L", small_size, 0)
+    shifted.paste(small, (0, depth))
+    band = ImageChops.subtract(small, shifted).filter(ImageFilter.GaussianBlur(depth / 3))
+    band = band.resize(box_size, Image.Resampling.BILINEAR)
     slope = Image.composite(slope, Image.new("L", box_size, 128), band)
     shade = ImageChops.add(shade, slope, 1.0, -128)
+
     # Crest highlight: a thin lit rim just below the ridge line.
-    rim = max(1, round(height / 700))
-    shifted = Image.new("L", box_size, 0)
-    shifted.paste(mask, (0, rim * 3))
-    crest = ImageChops.subtract(mask, shifted).filter(ImageFilter.GaussianBlur(rim)).point(lambda v: v // 5)
-    shade = ImageChops.add(shade, crest)
+    edge = mask.crop(strip)
+    shifted = Image.new("L", edge.size, 0)
+    shifted.paste(edge, (0, rim * 3))
+    crest = ImageChops.subtract(edge, shifted).filter(ImageFilter.GaussianBlur(rim)).point(lambda v: v // 5)
+    shade.paste(ImageChops.add(shade.crop(strip), crest), strip)
 
     colour = ImageOps.colorize(shade, layer.dark, layer.light, layer.mid)
     if layer.haze:
@@ -390,10 +418,10 @@ def _paint_layer(
     ground.paste(255, (0, top), mask)
 
 
-def _clear_bands(size: tuple[int, int]) -> list[tuple[float, float]]:
+def _clear_bands(size: tuple[int, int]) -> list[Point]:
     """For each layer, the vertical span (screen y) where it is visible across the whole width."""
     height = size[1]
-    bands: list[tuple[float, float]] = []
+    bands: list[Point] = []
     for index, layer in enumerate(_LAYERS):
         start = layer.base * height
         if index + 1 < len(_LAYERS):
@@ -428,11 +456,11 @@ class _Tracks:
         """Lateral position of the track pair's centre line at distance *d*."""
         return self.offset + self.bend * (d - 1.0) ** 2
 
-    def to_screen(self, lateral: float, d: float) -> tuple[float, float]:
+    def to_screen(self, lateral: float, d: float) -> Point:
         """Project a ground point to screen coordinates."""
         return (self.width / 2 + self.focal * lateral / d, self.horizon + self.focal / d)
 
-    def to_world(self, x: float, y: float) -> tuple[float, float] | None:
+    def to_world(self, x: float, y: float) -> Point | None:
         """Back-project a screen point onto the ground plane, or ``None`` above the horizon."""
         if y <= self.horizon + 1:
             return None
@@ -448,7 +476,9 @@ class _Tracks:
         margin_world = margin * d / self.focal
         return abs(abs(lateral - self.centre(d)) - self.gauge / 2) < self.tread * 0.7 + margin_world
 
-    def _strip(self, draw: ImageDraw.ImageDraw, side: float, a: float, b: float, d0: float, d1: float, fill: int) -> None:
+    def _strip(
+        self, draw: ImageDraw.ImageDraw, side: float, a: float, b: float, d0: float, d1: float, fill: int
+    ) -> None:
         """Fill the part of one track between lateral fractions *a*..*b* and distances *d0*..*d1*."""
         steps = max(2, int(6 * (d1 - d0) / max(d0, 1e-6)) + 2)
         ds = [d0 * (d1 / d0) ** (i / (steps - 1)) for i in range(steps)]
@@ -476,11 +506,12 @@ class _Tracks:
 
 
 def _draw_craters(
-    relief: Image.Image, bands: Sequence[tuple[float, float]], tracks: _Tracks, rng: random.Random
+    relief: Image.Image, bands: Sequence[Point], tracks: _Tracks, rng: random.Random
 ) -> None:
     """Add impact craters (raised rim, shadowed bowl, lit far wall) to the relief map."""
     width, height = relief.size
     horizon = HORIZON * height
+    placed: list[tuple[float, float, float, float]] = []
     for _ in range(14):
         start, end = bands[rng.randrange(2, len(bands))]
         u, size_pick, x_pick = rng.random(), rng.random(), rng.random()
@@ -491,10 +522,19 @@ def _draw_craters(
         x = width * (0.05 + 0.9 * x_pick)
         if y - 1.4 * ry < start or y + 1.4 * ry > end or rx < 3 or tracks.near(x, y, rx * 1.5):
             continue
+        if any(_crowded((x, y, rx, ry), other) for other in placed):
+            continue
+        placed.append((x, y, rx, ry))
         _crater(relief, (x, y), rx, ry)
 
 
-def _crater(relief: Image.Image, centre: tuple[float, float], rx: float, ry: float) -> None:
+def _crowded(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    """Whether two craters (x, y, rx, ry) would overlap, ejecta blankets included."""
+    return ((a[0] - b[0]) / (a[2] + b[2])) ** 2 + ((a[1] - b[1]) / (a[3] + b[3])) ** 2 < 2.2
+
+
+def _crater(relief: Image.Image, centre: Point, rx: float, ry: float) -> None:
+    """Add one crater, drawn supersampled in its own tile, to the relief map (additively around 128)."""
     ss = 2
     pad = 1.6
     tile_w, tile_h = max(4, int(2 * pad * rx * ss)), max(4, int(2 * pad * ry * ss))
@@ -557,6 +597,7 @@ def _draw_rocks(canvas: Image.Image, ground: Image.Image, tracks: _Tracks, rng: 
 
 
 def _on_sky(ground: Image.Image, x: float, y: float) -> bool:
+    """Whether the screen point is inside the image and not covered by terrain."""
     xi, yi = int(x), int(y)
     if not (0 <= xi < ground.width and 0 <= yi < ground.height):
         return False
@@ -564,7 +605,8 @@ def _on_sky(ground: Image.Image, x: float, y: float) -> bool:
     return isinstance(value, int) and value < 128
 
 
-def _rock(canvas: Image.Image, base: tuple[float, float], rock_w: float, rng: random.Random) -> None:
+def _rock(canvas: Image.Image, base: Point, rock_w: float, rng: random.Random) -> None:
+    """Paint one rock standing at *base*: its cast shadow, then a fan of sun-shaded facets, supersampled."""
     ss = 3
     rock_h = rock_w * rng.uniform(0.4, 0.8)
     tile_w, tile_h = int(rock_w * 2.0 * ss) + 4, int(rock_h * 1.4 * ss) + 4
@@ -581,7 +623,7 @@ def _rock(canvas: Image.Image, base: tuple[float, float], rock_w: float, rng: ra
 
     count = rng.randint(7, 11)
     angles = sorted(rng.uniform(0, 2 * math.pi) for _ in range(count))
-    outline: list[tuple[float, float]] = []
+    outline: list[Point] = []
     for angle in angles:
         radius = rng.uniform(0.72, 1.05)
         px, py = cx + math.cos(angle) * rx * radius, cy + math.sin(angle) * ry * radius
@@ -606,7 +648,8 @@ def _rock(canvas: Image.Image, base: tuple[float, float], rock_w: float, rng: ra
     ImageDraw.Draw(mask).polygon(outline, fill=255)
 
     # Pitted, dusty surface.
-    grain = _noise(rng, (max(2, tile_w // 6), max(2, tile_h // 6))).resize((tile_w, tile_h), Image.Resampling.BICUBIC)
+    grain = _noise(rng, (max(2, tile_w // 6), max(2, tile_h // 6)))
+    grain = grain.resize((tile_w, tile_h), Image.Resampling.BICUBIC)
     grain = grain.point(lambda v: 190 + v * 65 // 255)
     body = ImageChops.multiply(body, Image.merge("RGB", (grain, grain, grain)))
 
@@ -636,7 +679,8 @@ def _draw_pebbles(canvas: Image.Image, ground: Image.Image, tracks: _Tracks, rng
         ry = r * (0.45 + 0.3 * depth)
         body = _lerp((58, 36, 26), (120, 74, 48), tone)
         cap = _lerp(body, (226, 178, 136), 0.55 + 0.25 * tone)
-        draw.ellipse((x - r + r * 0.35, y - ry * 0.5, x + r * 1.6, y + ry * 0.9), fill=_lerp(body, (60, 30, 18), 0.4))
+        shadow = _lerp(body, (60, 30, 18), 0.4)
+        draw.ellipse((x - r * 0.65, y - ry * 0.5, x + r * 1.6, y + ry * 0.9), fill=shadow)
         draw.ellipse((x - r, y - ry, x + r, y + ry), fill=body)
         if r >= 1.5:
             draw.ellipse((x - r * 0.8, y - ry * 0.95, x + r * 0.3, y + ry * 0.1), fill=cap)
@@ -646,10 +690,12 @@ def _add_grain(canvas: Image.Image, ground: Image.Image, rng: random.Random) -> 
     """Regolith grain on the ground: fine sand plus small clumps, stronger where the ground is nearer."""
     width, height = canvas.size
     fine = _noise(rng, (width, height)).filter(ImageFilter.GaussianBlur(max(0.3, width / 8000)))
-    clumps = _noise(rng, (max(2, width // 3), max(2, height // 3))).resize((width, height), Image.Resampling.BICUBIC)
+    clumps = _noise(rng, (max(2, width // 3), max(2, height // 3)))
+    clumps = clumps.resize((width, height), Image.Resampling.BICUBIC)
     grain = Image.blend(fine, clumps, 0.5)
     horizon = HORIZON * height
-    rows = [0 if y <= horizon else round(30 + 150 * (y - horizon) / (height - horizon)) for y in range(height)]
+    span = max(height - horizon, 1.0)
+    rows = [0 if y <= horizon else round(30 + 150 * (y - horizon) / span) for y in range(height)]
     amplitude = Image.new("L", (1, height))
     amplitude.putdata(rows)
     amplitude = ImageChops.multiply(amplitude.resize((width, height), Image.Resampling.NEAREST), ground)

@@ -2,8 +2,9 @@
 
 One socket write per row costs a system call per row (and a chunk header per row on chunked HTTP/1.1), so
 rows are serialised into a batch that is emitted once it reaches ``batch_bytes``. So that a slow, live
-source is not held back, a batch is also emitted as soon as a row arrives ``flush_interval`` seconds or more
-after the previous emission, and whenever the source yields :data:`FLUSH` (useful before a known pause).
+source is not held back, the first row goes out at once, a batch is also emitted as soon as a row arrives
+``flush_interval`` seconds or more after the previous emission, and whenever the source yields
+:data:`FLUSH` (useful before a known pause).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _batched(
     clock: Callable[[], float],
 ) -> Iterator[bytes]:
     tell = buffer.tell
-    deadline = clock() + flush_interval
+    deadline = float("-inf")  # the first row goes out at once: the client sees the response start
     for row in rows:
         if row is not FLUSH:
             write_row(row)
