@@ -52,6 +52,7 @@ HORIZON = 0.47
 
 RGB = tuple[int, int, int]
 Point = tuple[float, float]
+Span = tuple[float, float]  # (top, bottom) screen rows
 
 _SKY_STOPS: tuple[tuple[float, RGB], ...] = (
     (0.00, (150, 104, 80)),  # zenith: deeper, dustier butterscotch
@@ -418,10 +419,10 @@ def _paint_layer(
     ground.paste(255, (0, top), mask)
 
 
-def _clear_bands(size: tuple[int, int]) -> list[Point]:
+def _clear_bands(size: tuple[int, int]) -> list[Span]:
     """For each layer, the vertical span (screen y) where it is visible across the whole width."""
     height = size[1]
-    bands: list[Point] = []
+    bands: list[Span] = []
     for index, layer in enumerate(_LAYERS):
         start = layer.base * height
         if index + 1 < len(_LAYERS):
@@ -505,9 +506,7 @@ class _Tracks:
                 d += self.grouser
 
 
-def _draw_craters(
-    relief: Image.Image, bands: Sequence[Point], tracks: _Tracks, rng: random.Random
-) -> None:
+def _draw_craters(relief: Image.Image, bands: Sequence[Span], tracks: _Tracks, rng: random.Random) -> None:
     """Add impact craters (raised rim, shadowed bowl, lit far wall) to the relief map."""
     width, height = relief.size
     horizon = HORIZON * height
