@@ -55,9 +55,14 @@ errorlog = "-"
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(L)ss'
 
-# Process naming
+# Process naming and control
+#
+#   control_socket_disable - gunicorn 27's control socket sits at one path per user
+#       (~/.gunicorn/gunicorn.ctl), so several servers on one host (tests, benchmarks, blue/green) would
+#       fight over it. rover_stream does not use it.
 
 proc_name = "rover-stream"
+control_socket_disable = True
 
 # Server hooks
 #

@@ -11,8 +11,11 @@ or ``--preload``).
 from __future__ import annotations
 
 import contextvars
+import fcntl
 import select
+import struct
 import sys
+import termios
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -59,6 +62,39 @@ class Task:
 def spawn(target: Callable[[], Any], name: str = "rover-stream-producer") -> Task:
     """Run ``target`` concurrently, with a copy of the caller's context (so ``current_app`` works)."""
     return Task(target, name)
+
+
+def on_peer_close(sock: Any, callback: Callable[[], Any]) -> Callable[[], None] | None:
+    """Under gevent, call ``callback`` (from the event loop; it must not block) as soon as the peer of
+    ``sock`` closes or resets the connection; return a function that cancels the watch. Returns None
+    elsewhere: a vanished client is then noticed at the next write.
+
+    A response socket is not read while the response is sent, so it turns readable only when the client
+    closes (no bytes available: end of file or reset) or sends more data (a pipelined request: the watch
+    ends without a verdict).
+    """
+    if not gevent_active():
+        return None
+    from gevent import get_hub
+
+    fd = sock.fileno()
+    watcher = get_hub().loop.io(fd, 1)  # 1: readable
+
+    def readable() -> None:
+        watcher.stop()
+        try:
+            available = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            available = 0
+        if available == 0:
+            callback()
+
+    def cancel() -> None:
+        watcher.stop()
+        watcher.close()
+
+    watcher.start(readable)
+    return cancel
 
 
 def wait_writable(fd: int, timeout: float) -> bool:

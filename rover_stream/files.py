@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import mimetypes
 import os
-from datetime import datetime, timezone
+import time
 from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 from flask import Response, request
@@ -33,6 +34,8 @@ from .streaming import StreamBody, StreamingResponse
 FIRST_WRITE = 64 * 1024
 #: Most bytes asked of one sendfile call; the kernel sends what the socket buffer takes.
 SENDFILE_MAX = 16 * 1024 * 1024
+#: Longest wait for a slow client's socket before looking at the shutdown flag again.
+SHUTDOWN_CHECK_INTERVAL = 0.25
 
 
 class FileBody(StreamBody):
@@ -71,12 +74,22 @@ class FileBody(StreamBody):
 
     def _sendfile(self, offset: int, end: int) -> None:
         out = self._socket.fileno()  # type: ignore[union-attr]
+        runtime = self.runtime
+        stalled_since = 0.0
         while offset < end:
+            if runtime.shutting_down:
+                self._end_reason = "shutdown"
+                raise StreamAborted("the server is shutting down")
             try:
                 sent = os.sendfile(out, self._fd, offset, min(end - offset, SENDFILE_MAX))
             except BlockingIOError:
-                if not wait_writable(out, self._send_timeout):
+                # Wait in short slices so that a shutdown is noticed while a slow client holds us up.
+                now = time.monotonic()
+                stalled_since = stalled_since or now
+                if now - stalled_since > self._send_timeout:
                     raise StreamAborted(f"the client read nothing for {self._send_timeout:g} s") from None
+                if wait_writable(out, SHUTDOWN_CHECK_INTERVAL):
+                    stalled_since = 0.0
                 continue
             if sent == 0:
                 raise StreamAborted("the file shrank while it was being sent")

@@ -21,12 +21,13 @@ Lifecycle of one stream, as the client sees it::
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from flask import request
 
-from .concurrency import Task, spawn
+from .concurrency import Task, on_peer_close, spawn
 from .errors import ServiceUnavailable
 from .pipe import Feed, FeedEnded, Pipe, PipeClosed
 from .runtime import StreamRuntime, get_runtime
@@ -89,11 +90,15 @@ class EventStreamBody(StreamBody):
 
     kind = "sse"
 
-    def __init__(self, runtime: StreamRuntime, feed: Feed, *, retry: int | None, heartbeat: float) -> None:
+    def __init__(self, runtime: StreamRuntime, feed: Feed, *, retry: int | None, heartbeat: float,
+                 client_socket: Any = None) -> None:
         super().__init__(runtime)
         self.feed = feed
         self.retry = retry
         self.heartbeat = heartbeat
+        self._client_socket = client_socket
+        self._client_gone = False
+        self._stop_watch: Any = None
 
     def chunks(self) -> Iterator[bytes]:
         start = getattr(self.feed, "start", None)
@@ -102,23 +107,47 @@ class EventStreamBody(StreamBody):
         runtime = self.runtime
         take = self.feed.take
         yield encode(retry=self.retry) if self.retry is not None else HEARTBEAT
+        if self._client_socket is not None:
+            # Notice a client that leaves while the stream is idle at once, not at the next heartbeat.
+            self._stop_watch = on_peer_close(self._client_socket, self._on_client_gone)
         while True:
             try:
                 parts = take(self.heartbeat)
             except FeedEnded:
+                return
+            if self._client_gone:
                 return
             if runtime.shutting_down:
                 if parts:
                     yield b"".join(parts)
                 self._end_reason = "shutdown"
                 yield shutdown_event(runtime.settings["SHUTDOWN_RETRY_MS"])
+                self._close_after_response()
                 return
             yield b"".join(parts) if parts else HEARTBEAT
+
+    def _close_after_response(self) -> None:
+        """Make gunicorn close the connection once this body ends, instead of keeping it alive: its
+        keep-alive loop would hold the stopping worker for ``keepalive`` seconds, and an EventSource that
+        reconnected on this connection would reach a worker that refuses new streams. With reading shut
+        down, gunicorn's wait for the next request sees end-of-file at once."""
+        if self._client_socket is not None:
+            try:
+                self._client_socket.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+
+    def _on_client_gone(self) -> None:
+        self._client_gone = True
+        self._end_reason = "disconnect"
+        self.feed.wake()
 
     def wake(self) -> None:
         self.feed.wake()
 
     def cleanup(self) -> None:
+        if self._stop_watch is not None:
+            self._stop_watch()
         self.feed.close()
 
 
@@ -158,6 +187,7 @@ def sse_response(
             runtime, feed,
             retry=settings["RETRY_MS"] if retry is None else retry,
             heartbeat=settings["HEARTBEAT_INTERVAL"] if heartbeat is None else heartbeat,
+            client_socket=request.environ.get("gunicorn.socket"),
         )
     except ServiceUnavailable:
         close = getattr(events, "close", None)  # the generator never runs: let its finally blocks run now

@@ -65,8 +65,11 @@ class StreamBody:
         except (BrokenPipeError, ConnectionResetError):
             raise  # the client went away mid-write; the server handles it quietly, and so do we
         except Exception as exc:
-            self._end_reason = "error"
+            if self._end_reason != "shutdown":
+                self._end_reason = "error"
             if isinstance(exc, StreamAborted):
+                if self._end_reason == "error":
+                    log.warning("%s stream aborted: %s", self.kind, exc)
                 raise
             log.error("%s stream failed mid-response; aborting the connection", self.kind, exc_info=exc)
             raise StreamAborted(f"{type(exc).__name__}: {exc}") from exc
@@ -103,11 +106,16 @@ class IterableBody(StreamBody):
         self._content = content
 
     def chunks(self) -> Iterator[bytes]:
+        runtime = self.runtime
         for item in self._content:
             if isinstance(item, str):
                 item = item.encode("utf-8")
             if item:  # gunicorn ends a chunked body at an empty chunk; never emit one mid-stream
                 yield item
+            if runtime.shutting_down:
+                # Cut short, without the terminating chunk: the client must not take it for complete.
+                self._end_reason = "shutdown"
+                raise StreamAborted("the server is shutting down")
 
     def cleanup(self) -> None:
         close = getattr(self._content, "close", None)
@@ -141,8 +149,9 @@ class WriterBody(StreamBody):
                 return
             if parts:
                 yield b"".join(parts)
-            elif self.runtime.shutting_down:
-                # A download cut short must look cut short: no terminating chunk.
+            if self.runtime.shutting_down:
+                # Cut short, without the terminating chunk: the client must not take it for complete.
+                self._end_reason = "shutdown"
                 raise StreamAborted("the server is shutting down")
 
     def _produce(self) -> None:

@@ -112,7 +112,7 @@ def rover_image() -> Any:
                         chunk_size=current_app.config["ROVER_IMAGE_CHUNK_SIZE"])
 
 
-@demo.get("/download/<path:filename>")
+@demo.get("/download/<path:filename>", merge_slashes=False)  # "//etc/passwd" is a 404, not a redirect
 def download(filename: str) -> Any:
     """Files from the uploads folder: 404 JSON when missing, Content-Disposition, Range, conditional."""
     return rs.send_from_directory(current_app.config["ROVER_UPLOADS_DIR"], filename, as_attachment=True)

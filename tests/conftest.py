@@ -1,0 +1,153 @@
+"""Fixtures: a Flask app for unit tests, and real gunicorn servers (gevent worker) on loopback ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import rover_stream
+
+ROOT = Path(__file__).resolve().parent.parent
+LIVE_APPS = Path(__file__).resolve().parent / "live_apps"
+
+#: Set by .ci/run: a service a test needs (redis-server, nginx, chromium, curl) that is missing fails the
+#: run instead of skipping the test.
+REQUIRE_SERVICES = os.environ.get("ROVER_TEST_REQUIRE_SERVICES") == "1"
+
+
+def need(executable: str) -> str:
+    """The path of ``executable``, or skip (fail in CI) when it is not installed."""
+    import shutil
+
+    path = shutil.which(executable)
+    if path is None:
+        message = f"{executable} is not installed"
+        if REQUIRE_SERVICES:
+            pytest.fail(message + " (ROVER_TEST_REQUIRE_SERVICES=1: .ci/run must install it)")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Any:
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    app = rover_stream.create_app({
+        "TESTING": True,
+        "ROVER_UPLOADS_DIR": str(uploads),
+        "ROVER_DATA_DIR": str(tmp_path / "var"),
+        "ROVER_HEARTBEAT_INTERVAL": 0.2,
+        "ROVER_FLUSH_INTERVAL": 0.02,
+    })
+    return app
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+class LiveServer:
+    """A gunicorn master with gevent worker(s), started on a free port of 127.0.0.1."""
+
+    def __init__(self, tmp_path: Path, app: str = "stream_app:app", env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
+        self.log_path = tmp_path / f"gunicorn-{time.monotonic_ns()}.log"
+        uploads = tmp_path / "uploads"
+        uploads.mkdir(exist_ok=True)
+        self.uploads = uploads
+        environment = {
+            **os.environ,
+            "ROVER_BIND": "127.0.0.1:0",
+            "ROVER_UPLOADS_DIR": str(uploads),
+            "ROVER_DATA_DIR": str(tmp_path / "var"),
+            "ROVER_LOG_LEVEL": "info",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "--chdir", str(ROOT),
+             "--pythonpath", str(LIVE_APPS), *args, app],
+            stdout=self._log, stderr=subprocess.STDOUT, env=environment, cwd=str(tmp_path),
+        )
+        self.port = self._wait_for_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def _wait_for_port(self, timeout: float = 20.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", self.log())
+            if match and "Booting worker" in self.log():
+                port = int(match.group(1))
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    return port
+                except OSError:
+                    pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"gunicorn did not start within {timeout} s:\n{self.log()}")
+
+    def worker_pids(self) -> list[int]:
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(pid) for pid in path.read_text().split()] if path.exists() else []
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> float:
+        """Send ``sig`` to the master; return the seconds it took to exit (kill it after ``timeout``)."""
+        start = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return time.monotonic() - start
+
+
+@contextlib.contextmanager
+def _servers(base: Path) -> Iterator[Any]:
+    servers: list[LiveServer] = []
+
+    def start(app: str = "stream_app:app", env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> LiveServer:
+        server = LiveServer(base, app=app, env=env, args=args)
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[Any]:
+    """A factory: ``live_server(env={...})`` starts a gunicorn server; all are stopped after the test."""
+    with _servers(tmp_path) as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Like ``live_server``, for servers shared by the tests of a module (they must not change its state)."""
+    with _servers(tmp_path_factory.mktemp("module-server")) as start:
+        yield start

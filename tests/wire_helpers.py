@@ -1,0 +1,138 @@
+"""Raw HTTP/1.1 over sockets for the live tests: what exactly goes on the wire, chunk by chunk."""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+
+from rover_stream.wire.sse_parser import EventStreamParser, ParsedEvent
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    sock: socket.socket
+    buffer: bytes = b""
+    chunks: list[bytes] = field(default_factory=list)  # the body as framed by Transfer-Encoding: chunked
+    ended: bool = False  # the terminating zero-length chunk arrived
+
+    def _fill(self, deadline: float) -> bool:
+        self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return False
+        if not data:
+            raise ConnectionError("connection closed by the server")
+        self.buffer += data
+        return True
+
+    def read_chunk(self, timeout: float = 5.0) -> bytes | None:
+        """The next body chunk of a chunked response; None on timeout; b"" at the terminating chunk."""
+        deadline = time.monotonic() + timeout
+        while True:
+            head, crlf, rest = self.buffer.partition(b"\r\n")
+            if crlf:
+                size = int(head.split(b";")[0], 16)
+                if len(rest) >= size + 2:
+                    chunk = rest[:size]
+                    self.buffer = rest[size + 2:]
+                    if size == 0:
+                        self.ended = True
+                    else:
+                        self.chunks.append(chunk)
+                    return chunk
+            if not self._fill(deadline):
+                return None
+
+    def body(self, timeout: float = 5.0) -> bytes:
+        """The whole body of a response with Content-Length."""
+        length = int(self.headers["content-length"])
+        deadline = time.monotonic() + timeout
+        while len(self.buffer) < length:
+            if not self._fill(deadline):
+                raise TimeoutError(f"{len(self.buffer)} of {length} body bytes in {timeout} s")
+        return self.buffer[:length]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def request(port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET",
+            timeout: float = 5.0) -> RawResponse:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    data = b""
+    deadline = time.monotonic() + timeout
+    while b"\r\n\r\n" not in data:
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        more = sock.recv(65536)
+        if not more:
+            raise ConnectionError(f"closed before the headers: {data!r}")
+        data += more
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        parsed[name.strip().lower()] = value.strip()
+    return RawResponse(int(status_line.split()[1]), parsed, sock, rest)
+
+
+class SSEReader:
+    """Reads a live chunked SSE response and parses it as a browser would."""
+
+    def __init__(self, response: RawResponse) -> None:
+        self.response = response
+        self.parser = EventStreamParser()
+        self.raw = b""
+
+    def events(self, count: int, timeout: float = 5.0) -> list[ParsedEvent]:
+        deadline = time.monotonic() + timeout
+        found: list[ParsedEvent] = []
+        while len(found) < count:
+            remaining = deadline - time.monotonic()
+            chunk = self.response.read_chunk(timeout=max(0.0, remaining)) if remaining > 0 else None
+            if chunk is None:
+                raise TimeoutError(f"only {len(found)} of {count} events in {timeout} s; raw: {self.raw[-500:]!r}")
+            if chunk == b"":
+                raise ConnectionError(f"stream ended after {len(found)} events; raw: {self.raw[-500:]!r}")
+            self.raw += chunk
+            found.extend(self.parser.feed(chunk))
+        return found
+
+    def until(self, needle: bytes, timeout: float = 5.0) -> bytes:
+        """Read until ``needle`` has arrived (or the stream ends); return everything read so far."""
+        deadline = time.monotonic() + timeout
+        while needle not in self.raw:
+            remaining = deadline - time.monotonic()
+            chunk = self.response.read_chunk(timeout=remaining) if remaining > 0 else None
+            if chunk is None:
+                raise TimeoutError(f"{needle!r} did not arrive in {timeout} s; raw: {self.raw[-500:]!r}")
+            if chunk == b"":
+                break
+            self.raw += chunk
+            self.parser.feed(chunk)
+        return self.raw
+
+
+def get_json(port: int, path: str) -> dict:  # type: ignore[type-arg]
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+        return json.loads(answer.read())  # type: ignore[no-any-return]
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns a truthy value; return it, or the last value after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = predicate()
+    return value
