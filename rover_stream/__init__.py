@@ -19,6 +19,7 @@ hand-off), ``streaming``/``sse``/``files`` (responses), ``runtime`` (stream cap,
 """
 
 from .app import create_app, init_app
+from .concurrency import run_blocking
 from .errors import ApiError, ConfigError, EncodeError, RoverStreamError, ServiceUnavailable, StreamAborted
 from .files import send_file, send_from_directory
 from .pipe import PipeClosed
@@ -30,5 +31,5 @@ from .wire.tabular import FLUSH
 __all__ = [
     "ApiError", "ConfigError", "EncodeError", "Event", "FLUSH", "PipeClosed", "RoverStreamError",
     "ServiceUnavailable", "StreamAborted", "StreamingResponse", "StreamingWriter", "create_app", "csv_response",
-    "encode", "init_app", "last_event_id", "ndjson_response", "send_file", "send_from_directory", "sse_response",
+    "encode", "init_app", "last_event_id", "ndjson_response", "run_blocking", "send_file", "send_from_directory", "sse_response",
 ]

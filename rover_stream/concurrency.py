@@ -18,7 +18,9 @@ import sys
 import termios
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def gevent_active() -> bool:
@@ -62,6 +64,16 @@ class Task:
 def spawn(target: Callable[[], Any], name: str = "rover-stream-producer") -> Task:
     """Run ``target`` concurrently, with a copy of the caller's context (so ``current_app`` works)."""
     return Task(target, name)
+
+
+def run_blocking(function: Callable[..., T], *args: Any) -> T:
+    """Run CPU-heavy or blocking C code without stalling the event loop: in gevent's thread pool under
+    gevent (every other connection keeps being served meanwhile), directly otherwise."""
+    if gevent_active():
+        from gevent import get_hub
+
+        return get_hub().threadpool.apply(function, args)  # type: ignore[no-any-return]
+    return function(*args)
 
 
 def on_peer_close(sock: Any, callback: Callable[[], Any]) -> Callable[[], None] | None:

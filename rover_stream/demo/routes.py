@@ -107,7 +107,8 @@ def json_stream() -> Any:
 def rover_image() -> Any:
     """The rover camera's JPEG, streamed from disk in IMAGE_CHUNK_SIZE chunks (4 KiB), with Range."""
     data_dir = Path(current_app.config["ROVER_DATA_DIR"])
-    path = ensure_rover_image(data_dir)
+    # The first request renders the image (about 2 s of CPU): off the event loop, so streams go on.
+    path = rs.run_blocking(ensure_rover_image, data_dir)
     return rs.send_file(path, mimetype="image/jpeg", use_sendfile=False,
                         chunk_size=current_app.config["ROVER_IMAGE_CHUNK_SIZE"])
 

@@ -1,0 +1,59 @@
+"""The ``rover-stream`` command: serve starts gunicorn with gevent workers; bad settings exit 2."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, **kwargs):  # type: ignore[no-untyped-def]
+    return subprocess.Popen([sys.executable, "-m", "rover_stream.cli", *args],
+                            env={**os.environ, **(env or {})}, **kwargs)
+
+
+@pytest.mark.live
+def test_serve_runs_gunicorn_with_gevent_and_answers(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = run_cli("serve", "--bind", "127.0.0.1:0", env={"ROVER_DATA_DIR": str(tmp_path)},
+                       stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while not (match := re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", log.read_text())):
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+        assert "Using worker: gevent" in log.read_text()
+        url = f"http://127.0.0.1:{match.group(1)}/health"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    assert b'"status":"ok"' in answer.read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+
+
+def test_invalid_setting_exits_2_with_a_message_naming_it() -> None:
+    proc = run_cli("serve", env={"ROVER_HEARTBEAT_INTERVAL": "soon"}, stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2
+    assert b"ROVER_HEARTBEAT_INTERVAL" in err and b"'soon'" in err
+
+
+def test_help_lists_serve() -> None:
+    proc = run_cli("--help", stdout=subprocess.PIPE)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and b"serve" in out

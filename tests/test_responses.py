@@ -1,0 +1,245 @@
+"""Flask test-client unit tests of the responses (producers run in real threads here, not greenlets)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from flask import Flask
+
+import rover_stream as rs
+from rover_stream.runtime import get_runtime
+from rover_stream.wire.sse_parser import EventStreamParser
+
+
+def read_until(response: Any, needle: bytes, timeout: float = 3.0) -> bytes:
+    """Iterate a streamed test-client response until ``needle`` arrived (never read .data: endless)."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    for chunk in response.response:
+        data += chunk
+        if needle in data or time.monotonic() > deadline:
+            break
+    return data
+
+
+def test_sse_headers_retry_and_events(app: Flask, client: Any) -> None:
+    @app.get("/sse")
+    def sse() -> Any:
+        return rs.sse_response([rs.Event(data="a", id=0), {"event": "x", "data": [1]}, "plain"], retry=1234)
+
+    response = client.get("/sse", buffered=False)
+    assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    assert "Content-Length" not in response.headers
+    body = b"".join(response.response)
+    response.close()
+    parser = EventStreamParser()
+    events = parser.feed(body)
+    assert body.startswith(b"retry: 1234\n\n")
+    assert [(e.event, e.data, e.last_event_id) for e in events] == [
+        ("message", "a", "0"), ("x", "[1]", "0"), ("message", "plain", "0")]
+    assert get_runtime(app).open_streams == 0
+
+
+def test_heartbeat_while_generator_blocks_and_finally_runs_on_close(app: Flask, client: Any) -> None:
+    cleaned = threading.Event()
+    release = threading.Event()
+
+    @app.get("/idle")
+    def idle() -> Any:
+        def generate() -> Any:
+            try:
+                yield "first"
+                release.wait()
+                yield "after release"
+            finally:
+                cleaned.set()
+
+        return rs.sse_response(generate())
+
+    response = client.get("/idle", buffered=False)
+    data = read_until(response, b": ping\n\n: ping\n\n")
+    assert data.count(b": ping") >= 2 and b"data: first" in data
+    assert get_runtime(app).open_streams == 1
+    response.close()  # the client leaves
+    assert get_runtime(app).open_streams == 0
+    release.set()  # a thread cannot be killed: it stops at its next hand-off
+    assert cleaned.wait(3), "the generator's finally did not run"
+
+
+def test_last_event_id_header_and_query(app: Flask, client: Any) -> None:
+    @app.get("/last")
+    def last() -> Any:
+        return {"last": rs.last_event_id()}
+
+    assert client.get("/last", headers={"Last-Event-ID": "17"}).json == {"last": "17"}
+    assert client.get("/last?last_event_id=9").json == {"last": "9"}
+    assert client.get("/last").json == {"last": None}
+
+
+def test_bad_event_from_generator_aborts_the_stream(app: Flask, client: Any) -> None:
+    @app.get("/bad")
+    def bad() -> Any:
+        return rs.sse_response(iter([rs.Event(data="ok"), rs.Event(data="x", id="a\nb")]))
+
+    response = client.get("/bad", buffered=False)
+    with pytest.raises(rs.StreamAborted, match="EncodeError"):
+        b"".join(response.response)
+    response.close()
+
+
+def test_stream_cap_refuses_with_503_json(tmp_path: Any) -> None:
+    app = rs.create_app({"ROVER_MAX_STREAMS": 1, "ROVER_DEMO": False, "ROVER_RETRY_MS": 7000})
+
+    @app.get("/sse")
+    def sse() -> Any:
+        return rs.sse_response(iter(()))
+
+    client = app.test_client()
+    first = client.get("/sse", buffered=False)
+    second = client.get("/sse")
+    assert second.status_code == 503
+    assert second.headers["Retry-After"] == "7"
+    assert second.json["error"] == "too_many_streams"
+    first.close()
+    third = client.get("/sse", buffered=False)
+    assert third.status_code == 200
+    third.close()
+
+
+def test_shutdown_ends_sse_with_final_event_and_refuses_new_streams(app: Flask, client: Any) -> None:
+    @app.get("/forever")
+    def forever() -> Any:
+        return rs.sse_response(iter(threading.Event().wait, True))
+
+    response = client.get("/forever", buffered=False)
+    chunks = response.response
+    assert next(chunks).startswith(b"retry:")
+    get_runtime(app).begin_shutdown()
+    rest = b"".join(chunks)
+    assert b"event: shutdown\nretry: 1000\n" in rest
+    response.close()
+    refused = client.get("/forever")
+    assert refused.status_code == 503 and refused.json["error"] == "shutting_down"
+
+
+def test_writer_inline_form_of_the_seed(app: Flask, client: Any) -> None:
+    @app.get("/csv")
+    def csv_view() -> Any:
+        response = rs.StreamingResponse(content_type="text/csv",
+                                        headers={"Content-Disposition": "attachment; filename=data.csv"})
+        with response.writer() as writer:
+            writer.write("id,name,value\n")
+            for i in range(100):
+                writer.write(f"{i},item-{i},{i * 10}\n")
+        return response
+
+    response = client.get("/csv")
+    assert response.data.decode().splitlines()[100] == "99,item-99,990"
+    assert response.headers["Content-Disposition"] == "attachment; filename=data.csv"
+
+
+def test_seed_streaming_writer_class(app: Flask, client: Any) -> None:
+    @app.get("/w")
+    def w() -> Any:
+        response = rs.StreamingResponse(content_type="text/csv")
+        writer = rs.StreamingWriter(response)
+        writer.write("a\n")
+        writer.write(b"b\n")
+        writer.close()
+        return response
+
+    assert client.get("/w").data == b"a\nb\n"
+
+
+def test_inline_writer_that_writes_too_much_gets_a_clear_error(app: Flask, client: Any) -> None:
+    app.config["PROPAGATE_EXCEPTIONS"] = True
+
+    @app.get("/big")
+    def big() -> Any:
+        response = rs.StreamingResponse(content_type="text/plain")
+        with response.writer() as writer:
+            for _ in range(100_000):
+                writer.write("x" * 100)
+        return response
+
+    with pytest.raises(rs.RoverStreamError, match="@response.writer"):
+        client.get("/big")
+
+
+def test_writer_function_form_streams_with_backpressure(app: Flask, client: Any) -> None:
+    progress: list[int] = []
+
+    @app.get("/live")
+    def live() -> Any:
+        response = rs.StreamingResponse(content_type="application/octet-stream")
+
+        @response.writer
+        def produce(w: rs.StreamingWriter) -> None:
+            for i in range(2000):
+                w.write(b"x" * 4096)
+                progress.append(i)
+
+        return response
+
+    response = client.get("/live", buffered=False)
+    chunks = iter(response.response)
+    first = next(chunks)
+    time.sleep(0.3)  # the client stalls: the writer must block, not buffer 8 MB
+    written = len(progress) * 4096
+    limit = app.config["ROVER_WRITE_BATCH_BYTES"] * 5
+    assert written - len(first) <= limit, f"the writer ran {written} bytes ahead"
+    total = len(first) + sum(len(c) for c in chunks)
+    assert total == 2000 * 4096
+    response.close()
+
+
+def test_csv_and_ndjson_responses(app: Flask, client: Any) -> None:
+    @app.get("/c")
+    def c() -> Any:
+        return rs.csv_response([(1, "a,b")], header=("n", "s"), filename="x.csv")
+
+    @app.get("/n")
+    def n() -> Any:
+        return rs.ndjson_response([{"a": 1}], filename="x.ndjson")
+
+    response = client.get("/c")
+    assert response.data == b'n,s\r\n1,"a,b"\r\n'
+    assert response.headers["Content-Type"] == "text/csv; charset=utf-8"
+    assert response.headers["Content-Disposition"] == "attachment; filename=x.csv"
+    response = client.get("/n")
+    assert response.data == b'{"a":1}\n'
+    assert response.headers["Content-Type"] == "application/x-ndjson"
+
+
+def test_files_through_the_test_client(app: Flask, client: Any) -> None:
+    uploads = app.config["ROVER_UPLOADS_DIR"]
+    with open(f"{uploads}/f.txt", "wb") as f:
+        f.write(b"0123456789")
+    response = client.get("/download/f.txt")
+    assert response.data == b"0123456789" and response.headers["Content-Length"] == "10"
+    assert client.get("/download/f.txt", headers={"Range": "bytes=2-4"}).data == b"234"
+    assert client.get("/download/f.txt", headers={"Range": "bytes=2-3,5-6"}).status_code == 200
+    etag = response.headers["ETag"]
+    assert client.get("/download/f.txt", headers={"If-None-Match": etag}).status_code == 304
+    missing = client.get("/download/nope.txt")
+    assert missing.status_code == 404 and missing.json["error"] == "not_found"
+
+
+def test_errors_are_json(client: Any) -> None:
+    response = client.get("/no/such/route")
+    assert response.status_code == 404
+    assert response.json["error"] == "not_found" and response.json["status"] == 404
+    response = client.post("/health")
+    assert response.status_code == 405 and response.json["error"] == "method_not_allowed"
+    response = client.get("/csv?rows=lots")
+    assert response.status_code == 400 and "rows" in response.json["message"]
+
+
+def test_health(client: Any) -> None:
+    body = client.get("/health").json
+    assert body["status"] == "ok" and body["open_streams"] == 0 and body["max_streams"] == 900
