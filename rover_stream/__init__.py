@@ -31,5 +31,6 @@ from .wire.tabular import FLUSH
 __all__ = [
     "ApiError", "ConfigError", "EncodeError", "Event", "FLUSH", "PipeClosed", "RoverStreamError",
     "ServiceUnavailable", "StreamAborted", "StreamingResponse", "StreamingWriter", "create_app", "csv_response",
-    "encode", "init_app", "last_event_id", "ndjson_response", "run_blocking", "send_file", "send_from_directory", "sse_response",
+    "encode", "init_app", "last_event_id", "ndjson_response", "run_blocking", "send_file", "send_from_directory",
+    "sse_response",
 ]

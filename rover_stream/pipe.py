@@ -29,31 +29,7 @@ class PipeClosed(Exception):
 
 
 class Feed(Protocol):
-    def take(self, timeout: float) -> list[Any] | None:
-        deadline = 0.0
-        while True:
-            if self._items:
-                items = self._items
-                taken = [items.popleft() for _ in range(len(items))]
-                self._consumed += sum(map(len, taken)) if self._count_bytes else len(taken)
-                self._space.set()
-                return taken
-            if self._end is not None:
-                if self._end is _DONE:
-                    raise FeedEnded
-                raise self._end
-            if self._woken:
-                self._woken = False
-                return None
-            now = time.monotonic()
-            if not deadline:
-                deadline = now + timeout
-            elif now >= deadline:
-                return None
-            # Clear, then look again before waiting, so that a push between the two is never missed.
-            self._ready.clear()
-            if not (self._items or self._end is not None or self._woken):
-                self._ready.wait(deadline - now)
+    def take(self, timeout: float) -> list[Any] | None: ...
 
     def wake(self) -> None: ...
 
@@ -118,22 +94,30 @@ class Pipe:
     # -- consumer side ---------------------------------------------------------------------------------------
 
     def take(self, timeout: float) -> list[Any] | None:
-        if not self._items and self._end is None:
-            self._ready.wait(timeout)
-        self._ready.clear()
-        items = self._items
-        taken: list[Any] = []
-        while items:
-            taken.append(items.popleft())
-        if taken:
-            self._consumed += sum(map(len, taken)) if self._count_bytes else len(taken)
-            self._space.set()
-            return taken
-        if self._end is not None:
-            if self._end is _DONE:
-                raise FeedEnded
-            raise self._end
-        return None
+        deadline = 0.0
+        while True:
+            if self._items:
+                items = self._items
+                taken = [items.popleft() for _ in range(len(items))]
+                self._consumed += sum(map(len, taken)) if self._count_bytes else len(taken)
+                self._space.set()
+                return taken
+            if self._end is not None:
+                if self._end is _DONE:
+                    raise FeedEnded
+                raise self._end
+            if self._woken:
+                self._woken = False
+                return None
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + timeout
+            elif now >= deadline:
+                return None
+            # Clear, then look again before waiting, so that a push between the two is never missed.
+            self._ready.clear()
+            if not (self._items or self._end is not None or self._woken):
+                self._ready.wait(deadline - now)
 
     def wake(self) -> None:
         """Make a waiting :meth:`take` return now, with ``None`` if nothing is ready (used on shutdown)."""
