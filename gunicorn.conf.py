@@ -53,7 +53,8 @@ keepalive = _s["KEEPALIVE"]
 loglevel = _s["LOG_LEVEL"]
 errorlog = "-"
 accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(L)ss'
+# The path without its query string: tokens may travel in '?token=' (EventSource cannot send headers).
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(L)ss'
 
 # Process naming and control
 #
@@ -66,8 +67,10 @@ control_socket_disable = True
 
 # Server hooks
 #
-#   on_starting - Called in the master before it forks. Raises the open-file limit to its hard maximum:
-#       every stream holds a socket, and the usual soft limit (1024) is far below worker_connections.
+#   on_starting - Called in the master before it forks. Refuses to serve an open hub (no ROVER_SECRET_KEY)
+#       beyond loopback, and warns when it runs open on loopback. Raises the open-file limit to its hard
+#       maximum: every stream holds a socket, and the usual soft limit (1024) is far below
+#       worker_connections.
 #
 #   post_worker_init - Called in each worker after it has set up (and, for gevent, monkey-patched). Starts
 #       a greenlet that watches worker.alive: on SIGTERM gunicorn only stops accepting and then waits up to
@@ -77,6 +80,16 @@ control_socket_disable = True
 
 
 def on_starting(server):
+    from rover_stream.auth import exposure_problem
+
+    problem = exposure_problem(server.cfg.bind, _s["SECRET_KEY"])
+    if problem:
+        server.log.error(problem)
+        raise SystemExit(problem)
+    if not _s["SECRET_KEY"]:
+        server.log.warning("ROVER_SECRET_KEY is not set: anyone who can reach %s may publish and read every "
+                           "channel. Fine on loopback for development; set a secret for anything else.",
+                           ", ".join(server.cfg.bind))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
     if soft < wanted:

@@ -22,14 +22,17 @@ from .app import create_app, init_app
 from .concurrency import run_blocking
 from .errors import ApiError, ConfigError, EncodeError, RoverStreamError, ServiceUnavailable, StreamAborted
 from .files import send_file, send_from_directory
+from .hub import Hub, Message, Subscription
 from .pipe import PipeClosed
+from .runtime import get_hub, publish
 from .sse import last_event_id, sse_response
 from .streaming import StreamingResponse, StreamingWriter, csv_response, ndjson_response
 from .wire.sse import Event, encode
 from .wire.tabular import FLUSH
 
 __all__ = [
-    "ApiError", "ConfigError", "EncodeError", "Event", "FLUSH", "PipeClosed", "RoverStreamError",
+    "ApiError", "ConfigError", "EncodeError", "Event", "FLUSH", "Hub", "Message", "PipeClosed", "RoverStreamError",
+    "Subscription", "get_hub", "publish",
     "ServiceUnavailable", "StreamAborted", "StreamingResponse", "StreamingWriter", "create_app", "csv_response",
     "encode", "init_app", "last_event_id", "ndjson_response", "run_blocking", "send_file", "send_from_directory",
     "sse_response",

@@ -18,7 +18,8 @@ log = logging.getLogger("rover_stream")
 
 def init_app(app: Flask, config: Mapping[str, Any] | None = None) -> None:
     """Set rover_stream up on an existing Flask app: settings (from ``config``, then ``app.config``, then the
-    environment; validated now), the stream runtime, JSON errors and ``GET /health``."""
+    environment; validated now), the stream runtime and hub, JSON errors, ``GET /health`` and the hub's HTTP
+    API (``/realtime``, ``/api/broadcast``)."""
     merged = {k: v for k, v in app.config.items() if k.startswith(settings_module.PREFIX)}
     merged.update(config or {})
     settings = settings_module.load(merged)
@@ -26,6 +27,9 @@ def init_app(app: Flask, config: Mapping[str, Any] | None = None) -> None:
     init_runtime(app, settings)
     register_error_handlers(app)
     app.add_url_rule("/health", "health", _health)
+    from .api import api
+
+    app.register_blueprint(api)
 
 
 def _health() -> Any:

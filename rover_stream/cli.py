@@ -37,6 +37,22 @@ def _serve(args: argparse.Namespace, extra: list[str]) -> int:
     return 1  # not reached
 
 
+def _token(args: argparse.Namespace, extra: list[str]) -> int:
+    from .auth import mint_token
+
+    secret = args.secret or os.environ.get(settings_module.PREFIX + "SECRET_KEY")
+    if not secret or len(secret) < 16:
+        print("rover-stream: a secret of at least 16 characters is needed: --secret or ROVER_SECRET_KEY.",
+              file=sys.stderr)
+        return 2
+    if not args.publish and not args.subscribe:
+        print("rover-stream: name at least one channel pattern with --publish or --subscribe.", file=sys.stderr)
+        return 2
+    print(mint_token(secret, publish=args.publish, subscribe=args.subscribe, expires_in=args.expires,
+                     subject=args.subject))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rover-stream", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,6 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", "-c", help="gunicorn config file (default: the checkout's gunicorn.conf.py)")
     serve.add_argument("--app", default="wsgi:app", help="WSGI app to serve (default wsgi:app)")
     serve.set_defaults(handler=_serve)
+
+    token = commands.add_parser(
+        "token", help="mint an access token (JWT) for channels",
+        description="Print a token signed with ROVER_SECRET_KEY that allows publishing and/or subscribing on "
+                    "the channels matching the patterns (fnmatch: 'news', 'private-team-*', '*').")
+    token.add_argument("--publish", "-p", action="append", default=[], metavar="PATTERN",
+                       help="channels the holder may publish on (repeatable)")
+    token.add_argument("--subscribe", "-s", action="append", default=[], metavar="PATTERN",
+                       help="channels the holder may subscribe to (repeatable)")
+    token.add_argument("--expires", type=int, default=3600, metavar="SECONDS",
+                       help="lifetime in seconds (default 3600)")
+    token.add_argument("--subject", help="who the token is for (the 'sub' claim)")
+    token.add_argument("--secret", help="signing secret (default: ROVER_SECRET_KEY)")
+    token.set_defaults(handler=_token)
     return parser
 
 

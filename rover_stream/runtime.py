@@ -15,6 +15,7 @@ from flask import Flask, current_app
 
 from . import signals
 from .errors import ServiceUnavailable
+from .hub import Hub, MemoryEngine
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -24,8 +25,9 @@ EXTENSION_KEY = "rover_stream"
 
 
 class StreamRuntime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, hub: Hub) -> None:
         self.settings = settings
+        self.hub = hub
         self.max_streams = settings.max_streams
         self.shutting_down = False
         self._open: set[StreamBody] = set()
@@ -52,11 +54,11 @@ class StreamRuntime:
                 "too_many_streams",
             )
         self.streams_opened += 1
-        signals.stream_opened.send(body, kind=body.kind)
+        signals.emit(signals.stream_opened, body, kind=body.kind)
 
     def _reject(self, body: StreamBody, message: str, code: str) -> None:
         self.streams_rejected += 1
-        signals.stream_rejected.send(body, reason=code)
+        signals.emit(signals.stream_rejected, body, reason=code)
         raise ServiceUnavailable(message, code=code, retry_after=max(1, self.settings["RETRY_MS"] // 1000))
 
     def release(self, body: StreamBody, reason: str) -> None:
@@ -64,7 +66,7 @@ class StreamRuntime:
         self.bytes_sent += body.bytes_sent
         if reason == "error":
             self.stream_errors += 1
-        signals.stream_closed.send(body, reason=reason, bytes_sent=body.bytes_sent, duration=body.duration)
+        signals.emit(signals.stream_closed, body, reason=reason, bytes_sent=body.bytes_sent, duration=body.duration)
 
     def begin_shutdown(self, sender: Any = None, **_: Any) -> None:
         """Stop admitting streams and wake every open one so that it ends now with its final event."""
@@ -84,8 +86,15 @@ class StreamRuntime:
         }
 
 
+def make_hub(settings: Settings) -> Hub:
+    """The hub the settings ask for: in this process (the default)."""
+    engine = MemoryEngine(settings["HISTORY_SIZE"], settings["HISTORY_TTL"])
+    return Hub(engine, queue_size=settings["SUBSCRIBER_QUEUE_SIZE"], policy=settings["SLOW_CLIENT_POLICY"],
+               max_channels=settings["MAX_CHANNELS"], max_channels_per_stream=settings["MAX_CHANNELS_PER_STREAM"])
+
+
 def init_runtime(app: Flask, settings: Settings) -> StreamRuntime:
-    runtime = StreamRuntime(settings)
+    runtime = StreamRuntime(settings, make_hub(settings))
     app.extensions[EXTENSION_KEY] = runtime
     # A bound method is held weakly; the app keeps the runtime alive for as long as the app lives.
     signals.shutdown_requested.connect(runtime.begin_shutdown)
@@ -103,6 +112,16 @@ def get_runtime(app: Flask | None = None) -> StreamRuntime:
         ) from None
 
 
+def get_hub(app: Flask | None = None) -> Hub:
+    """The app's pub/sub hub (the current app's by default)."""
+    return get_runtime(app).hub
+
+
+def publish(channel: str, data: Any, event: str | None = None) -> Any:
+    """Publish on the current app's hub: ``rs.publish("telemetry", {"battery": 87})``."""
+    return get_runtime().hub.publish(channel, data, event=event)
+
+
 def request_shutdown() -> None:
     """Ask every app in this process to end its streams (called by the gunicorn hooks on SIGTERM)."""
-    signals.shutdown_requested.send(None)
+    signals.emit(signals.shutdown_requested, None)

@@ -33,6 +33,7 @@ class Setting:
     default: Any
     help: str
     allowed: str
+    sensitive: bool = False  # never echoed in errors or logs
 
     @property
     def key(self) -> str:
@@ -114,6 +115,23 @@ def _bind(raw: Any) -> str:
     return text
 
 
+CHANNEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+
+
+def _channel(raw: Any) -> str:
+    text = str(raw).strip()
+    if not CHANNEL_NAME.match(text):
+        raise ValueError
+    return text
+
+
+def _secret(raw: Any) -> str:
+    text = str(raw)
+    if len(text) < 16:
+        raise ValueError
+    return text
+
+
 def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def parse_optional(raw: Any) -> Any:
         if raw is None or (isinstance(raw, str) and raw.strip() in ("", "auto")):
@@ -175,6 +193,33 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SEND_TIMEOUT", _seconds(), 60.0,
             "Seconds a file download may make no progress (client not reading) before it is abandoned.",
             "a number of seconds > 0"),
+    # Hub
+    Setting("HISTORY_SIZE", _integer(0, 10_000_000), 1000,
+            "Events each channel keeps for replay to clients that reconnect with Last-Event-ID.",
+            "an integer from 0 to 10000000"),
+    Setting("HISTORY_TTL", _seconds(), 3600.0,
+            "Seconds an event stays in its channel's history.", "a number of seconds > 0"),
+    Setting("SUBSCRIBER_QUEUE_SIZE", _integer(1, 1_000_000), 256,
+            "Events waiting for one subscriber before the slow-client policy applies.",
+            "an integer from 1 to 1000000"),
+    Setting("SLOW_CLIENT_POLICY", _choice("disconnect", "drop-oldest"), "disconnect",
+            "What happens when a subscriber's queue is full: 'disconnect' ends its stream (it reconnects with "
+            "Last-Event-ID and catches up from history); 'drop-oldest' discards its oldest waiting event.",
+            "disconnect or drop-oldest"),
+    Setting("MAX_CHANNELS", _integer(1, 10_000_000), 10_000,
+            "Channels one hub holds at once; idle channels are forgotten first when it is reached.",
+            "an integer from 1 to 10000000"),
+    Setting("MAX_CHANNELS_PER_STREAM", _integer(1, 1000), 32,
+            "Channels one SSE connection may subscribe to.", "an integer from 1 to 1000"),
+    Setting("DEFAULT_CHANNEL", _channel, "broadcast",
+            "Channel of POST /api/broadcast bodies that name none (the seed's {message, timestamp} shape).",
+            "a channel name: 1-100 of A-Z a-z 0-9 _ . -, starting with a letter or digit"),
+    Setting("MAX_BODY_BYTES", _integer(64, 64 * 1024 * 1024), 64 * 1024,
+            "Largest request body accepted by the HTTP API (413 beyond).", "an integer from 64 to 67108864"),
+    Setting("SECRET_KEY", _optional(_secret), None,
+            "Secret that signs access tokens (JWT, HS256). With it, publishing and private- channels need a "
+            "token. Without it the server runs open, and only on a loopback address.",
+            "a string of at least 16 characters, or empty", sensitive=True),
     # Demo and files
     Setting("UPLOADS_DIR", _text, "uploads",
             "Folder served by GET /download/<filename> (relative paths are relative to the working directory).",
@@ -208,7 +253,8 @@ class Settings(Mapping[str, Any]):
         return len(self._values)
 
     def __repr__(self) -> str:
-        return f"Settings({self._values!r})"
+        shown = {k: "(hidden)" if BY_NAME[k].sensitive and v else v for k, v in self._values.items()}
+        return f"Settings({shown!r})"
 
     @property
     def max_streams(self) -> int:
@@ -223,8 +269,9 @@ def _parse_one(setting: Setting, raw: Any, source: str) -> Any:
     try:
         return setting.parse(raw)
     except (ValueError, TypeError, OverflowError):
+        shown = "(hidden)" if setting.sensitive else repr(raw)
         raise ConfigError(
-            f"Setting {setting.key} has the invalid value {raw!r} (from {source}); allowed: {setting.allowed}."
+            f"Setting {setting.key} has the invalid value {shown} (from {source}); allowed: {setting.allowed}."
         ) from None
 
 

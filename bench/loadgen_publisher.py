@@ -1,0 +1,286 @@
+"""The publisher side of ``bench/fanout.py``: ``POST /api/broadcast`` over keep-alive connections.
+
+A process of its own, so that its CPU time is measured apart from the subscribers' load generator and from the
+server. ``--connections`` non-blocking HTTP/1.1 keep-alive connections in one epoll loop, each with at most one
+request in flight (no pipelining). Event ``k`` has the body
+``{"channel": CHANNEL, "data": "@k<k>@t<scheduled>@xxx..."}`` -- a string of ``--payload`` bytes whose markers
+the subscribers' load generator looks for; ``<scheduled>`` is a ``time.monotonic()`` reading.
+
+* ``--mode burst``: every connection sends its next event as soon as the answer to its previous one is in,
+  for ``--duration`` seconds; the scheduled time is the send time.
+* ``--mode rate``: event ``k`` is scheduled at ``t0 + k / --rate`` (``t0`` is ``--start-at``, or now) and sent
+  then, on whichever connection is free; when none is, it waits, and since its data carries the *scheduled*
+  time a publisher held back by a slow server counts against that server. The publisher's own lag (send time
+  minus scheduled time) is reported too.
+
+Every answer must be a 2xx; the ``"subscribers"`` number in its JSON is collected (least and most). At the end
+one JSON line goes to stdout: events published, errors, the monotonic times of the first send and the last
+answer, the publish rate, the lag, and this process's CPU time. Bounded: ``--timeout`` seconds after the
+publishing window, whatever is still in flight counts as an error and the process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import re
+import selectors
+import socket
+import sys
+import time
+from typing import Any
+
+SUBSCRIBERS = re.compile(rb'"subscribers"\s*:\s*(\d+)')
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+CHUNKED = re.compile(rb"\r\ntransfer-encoding:\s*chunked", re.IGNORECASE)
+CONNECTION_CLOSE = re.compile(rb"\r\nconnection:\s*close", re.IGNORECASE)
+
+
+class Conn:
+    __slots__ = ("sock", "busy", "buf", "out", "sent_at", "connected")
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.busy = False
+        self.buf = b""
+        self.out = b""
+        self.sent_at = 0.0
+        self.connected = False
+
+
+class Publisher:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.address = (args.host, args.port)
+        self.selector = selectors.EpollSelector()
+        self.conns = [Conn() for _ in range(args.connections)]
+        self.head = (f"POST {args.path} HTTP/1.1\r\nHost: {args.host}:{args.port}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: ").encode()
+        self.pad = "x" * args.payload
+        self.k = 0
+        self.published = 0
+        self.errors = 0
+        self.statuses: dict[int, int] = {}
+        self.subscribers_min: int | None = None
+        self.subscribers_max: int | None = None
+        self.first_send = 0.0
+        self.last_send = 0.0
+        self.last_answer = 0.0
+        self.lags: list[float] = []
+        self.reconnects = 0
+        self.answer_times: list[float] = []
+
+    def connect(self, conn: Conn) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        code = sock.connect_ex(self.address)
+        if code not in (0, errno.EINPROGRESS):
+            raise OSError(code, f"connect to {self.address}")
+        conn.sock = sock
+        conn.buf = b""
+        conn.connected = False
+        self.selector.register(sock, selectors.EVENT_WRITE, conn)
+
+    def reconnect(self, conn: Conn) -> None:
+        if conn.sock is not None:
+            self.selector.unregister(conn.sock)
+            conn.sock.close()
+            conn.sock = None
+        self.reconnects += 1
+        self.connect(conn)
+
+    def body(self, k: int, scheduled: float) -> bytes:
+        data = f"@k{k}@t{scheduled:.6f}@"
+        pad = self.pad[: max(0, self.args.payload - len(data))]
+        return f'{{"channel":"{self.args.channel}","data":"{data}{pad}"}}'.encode()
+
+    def send(self, conn: Conn, scheduled: float, now: float) -> None:
+        body = self.body(self.k, scheduled)
+        self.k += 1
+        conn.out = self.head + str(len(body)).encode() + b"\r\n\r\n" + body
+        conn.busy = True
+        conn.sent_at = now
+        if not self.first_send:
+            self.first_send = now
+        self.last_send = now
+        if self.args.mode == "rate":
+            self.lags.append(now - scheduled)
+        self.flush(conn)
+
+    def flush(self, conn: Conn) -> None:
+        sock = conn.sock
+        assert sock is not None
+        if not conn.connected:
+            return  # sent once the connection is up
+        try:
+            sent = sock.send(conn.out)
+        except BlockingIOError:
+            sent = 0
+        conn.out = conn.out[sent:]
+        self.selector.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0), conn)
+
+    def on_event(self, conn: Conn, mask: int, now: float) -> None:
+        sock = conn.sock
+        assert sock is not None
+        if mask & selectors.EVENT_WRITE:
+            if not conn.connected:
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    raise OSError(code, f"connect to {self.address}")
+                conn.connected = True
+                if conn.out:
+                    self.flush(conn)
+                else:
+                    self.selector.modify(sock, selectors.EVENT_READ, conn)
+            elif conn.out:
+                self.flush(conn)
+        if not mask & selectors.EVENT_READ:
+            return
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            if conn.busy:  # the answer never came: an error, and the event is not counted
+                self.errors += 1
+                conn.busy = False
+            self.reconnect(conn)
+            return
+        buf = conn.buf + data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            conn.buf = buf
+            return
+        head = buf[: end + 2]
+        body_start = end + 4
+        length = CONTENT_LENGTH.search(head)
+        if length:
+            body_end = body_start + int(length.group(1))
+            if len(buf) < body_end:
+                conn.buf = buf
+                return
+        elif CHUNKED.search(head):
+            last = buf.find(b"\r\n0\r\n\r\n", body_start - 2)
+            if last < 0:
+                conn.buf = buf
+                return
+            body_end = last + 7
+        else:
+            body_end = len(buf)
+        body = buf[body_start:body_end]
+        conn.buf = buf[body_end:]
+        parts = head.split(b" ", 2)
+        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if 200 <= status < 300:
+            self.published += 1
+            found = SUBSCRIBERS.search(body)
+            if found:
+                count = int(found.group(1))
+                if self.subscribers_min is None or count < self.subscribers_min:
+                    self.subscribers_min = count
+                if self.subscribers_max is None or count > self.subscribers_max:
+                    self.subscribers_max = count
+        else:
+            self.errors += 1
+            if self.errors <= 3:
+                print(f"publisher: HTTP {status}: {body[:200]!r}", file=sys.stderr, flush=True)
+        conn.busy = False
+        self.last_answer = now
+        if CONNECTION_CLOSE.search(head):
+            self.reconnect(conn)
+
+    def run(self) -> dict[str, Any]:
+        args = self.args
+        for conn in self.conns:
+            self.connect(conn)
+        start = args.start_at if args.start_at else time.monotonic()
+        stop = start + args.duration
+        total = int(round(args.rate * args.duration)) if args.mode == "rate" else None
+        hard_stop = stop + args.timeout
+        cpu0 = time.process_time()
+        select = self.selector.select
+        while True:
+            now = time.monotonic()
+            if now >= hard_stop:
+                stuck = sum(c.busy for c in self.conns)
+                self.errors += stuck
+                print(f"publisher: {stuck} answers still missing after --timeout", file=sys.stderr, flush=True)
+                break
+            if args.mode == "burst":
+                sending = start <= now < stop
+                if sending:
+                    for conn in self.conns:
+                        if not conn.busy and conn.sock is not None:
+                            self.send(conn, now, now)
+                elif now >= stop and not any(c.busy for c in self.conns):
+                    break
+                timeout = max(0.0, start - now) if now < start else 0.05
+            else:
+                assert total is not None
+                while self.k < total:
+                    due = start + self.k / args.rate
+                    if due > now:
+                        break
+                    free = next((c for c in self.conns if not c.busy and c.sock is not None), None)
+                    if free is None:
+                        break
+                    self.send(free, due, now)
+                if self.k >= total and not any(c.busy for c in self.conns):
+                    break
+                if self.k < total:
+                    timeout = max(0.0, start + self.k / args.rate - time.monotonic())
+                else:
+                    timeout = 0.05
+            for key, mask in select(timeout):
+                self.on_event(key.data, mask, time.monotonic())
+        cpu = time.process_time() - cpu0
+        for conn in self.conns:
+            if conn.sock is not None:
+                conn.sock.close()
+        lags = sorted(self.lags)
+
+        def pct(fraction: float) -> float:
+            return lags[min(len(lags) - 1, int(fraction * len(lags)))] * 1e3 if lags else 0.0
+
+        window = (self.last_send - self.first_send) if self.published > 1 else 0.0
+        return {
+            "event": "published", "mode": args.mode, "connections": args.connections, "sent": self.k,
+            "published": self.published, "errors": self.errors,
+            "statuses": {str(k): v for k, v in self.statuses.items()}, "reconnects": self.reconnects,
+            "subscribers_min": self.subscribers_min, "subscribers_max": self.subscribers_max,
+            "first_send": self.first_send, "last_send": self.last_send, "last_answer": self.last_answer,
+            "publish_rate": (self.k - 1) / window if window > 0 else 0.0,
+            "lag_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": lags[-1] * 1e3 if lags else 0.0},
+            "cpu_seconds": cpu,
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--path", default="/api/broadcast")
+    parser.add_argument("--channel", default="bench")
+    parser.add_argument("--mode", choices=("burst", "rate"), default="burst")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of publishing")
+    parser.add_argument("--rate", type=float, default=100.0, help="events per second (--mode rate)")
+    parser.add_argument("--connections", type=int, default=4, help="keep-alive connections")
+    parser.add_argument("--payload", type=int, default=100, help="bytes of event data")
+    parser.add_argument("--start-at", type=float, default=0.0, help="time.monotonic() of the first event")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds after the window before giving up")
+    args = parser.parse_args(argv)
+    if not args.host.startswith("127.") and args.host not in ("localhost", "::1"):
+        parser.error("loopback addresses only")
+    result = Publisher(args).run()
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0 if result["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

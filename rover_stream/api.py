@@ -1,0 +1,104 @@
+"""The HTTP API of the hub: subscribe over SSE, publish with a JSON POST.
+
+- ``GET /realtime/<channel>``: one channel. ``GET /realtime?channel=a&channel=b`` (or ``channels=a,b``):
+  several on one connection (browsers allow six connections per origin); each event's data is then
+  ``{"channel": ..., "data": ...}`` and its id a cursor over all of them.
+- ``POST /api/broadcast``: ``{"channel": "...", "event": "...", "data": <any JSON>}``; or the seed's
+  ``{"message": "...", "timestamp": "..."}``, published whole on ``ROVER_DEFAULT_CHANNEL``. Answers
+  ``{"id": ..., "channel": ..., "subscribers": N}``.
+
+Bad input is refused before anything is published: 415 for a body that is not ``application/json``, 413
+beyond ``ROVER_MAX_BODY_BYTES``, 400 for invalid JSON, a missing or unknown field, or a bad channel or
+event name.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+
+from .auth import require
+from .errors import ApiError, EncodeError
+from .hub import is_private, validate_channel
+from .runtime import get_runtime
+from .sse import last_event_id, sse_response
+
+api = Blueprint("rover_stream_api", __name__)
+
+BROADCAST_FIELDS = frozenset(("channel", "event", "data"))
+SEED_FIELDS = frozenset(("message", "timestamp"))
+
+
+def _secret() -> str | None:
+    return current_app.config["ROVER_SECRET_KEY"]  # type: ignore[no-any-return]
+
+
+@api.get("/realtime/<channel>")
+@api.get("/realtime")
+def realtime(channel: str | None = None) -> Any:
+    if channel is not None:
+        names = [channel]
+    else:
+        names = request.args.getlist("channel")
+        for group in request.args.getlist("channels"):
+            names.extend(part for part in group.split(",") if part)
+        if not names:
+            raise ApiError("Name the channels: /realtime/<channel>, or /realtime?channel=a&channel=b.",
+                           code="invalid_channel")
+    for name in names:
+        validate_channel(name)
+    require(_secret(), "subscribe", [name for name in names if is_private(name)])
+    hub = get_runtime().hub
+    return sse_response(hub.subscribe(names, last_event_id=last_event_id()))
+
+
+@api.post("/api/broadcast")
+def broadcast() -> Any:
+    runtime = get_runtime()
+    if request.mimetype != "application/json":
+        raise ApiError(f"Send the body as application/json, not {request.mimetype or 'nothing'!r}.",
+                       status=415, code="unsupported_media_type")
+    request.max_content_length = runtime.settings["MAX_BODY_BYTES"]
+    body = _json_body()
+    channel, event, data = _broadcast_fields(body, runtime.settings["DEFAULT_CHANNEL"])
+    require(_secret(), "publish", [channel])
+    try:
+        result = runtime.hub.publish(channel, data, event=event)
+    except EncodeError as exc:
+        raise ApiError(str(exc), code="invalid_event") from None
+    return jsonify(id=result.message.id, channel=channel, subscribers=result.subscribers)
+
+
+def _json_body() -> Any:
+    raw = request.get_data(cache=False)  # raises 413 beyond max_content_length
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise ApiError("The body is not valid UTF-8.", code="invalid_json") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(f"The body is not valid JSON: {exc}.", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError("The body's JSON is nested too deeply.", code="invalid_json") from None
+
+
+def _broadcast_fields(body: Any, default_channel: str) -> tuple[str, str | None, Any]:
+    if not isinstance(body, dict):
+        raise ApiError("The body must be a JSON object such as {\"channel\": \"news\", \"data\": ...}.",
+                       code="invalid_body")
+    keys = set(body)
+    if "message" in keys and keys <= SEED_FIELDS:
+        return default_channel, None, body  # the seed's shape: published whole on the default channel
+    unknown = keys - BROADCAST_FIELDS
+    if unknown:
+        raise ApiError(f"Unknown field(s) {sorted(unknown)}; allowed: channel, event, data (or the "
+                       "{message, timestamp} shape).", code="invalid_body")
+    if "data" not in body:
+        raise ApiError("The body needs a 'data' field (any JSON value).", code="missing_field")
+    channel = body.get("channel", default_channel)
+    validate_channel(channel)
+    event = body.get("event")
+    if event is not None and (not isinstance(event, str) or not event):
+        raise ApiError("'event' must be a non-empty string when given.", code="invalid_event")
+    return channel, event, body["data"]

@@ -1,0 +1,205 @@
+"""The hub: channels and their local subscribers, in front of an engine that assigns ids and keeps history.
+
+Thread safety: one lock guards the channel table, every engine call and every queueing of a message for
+subscribers, so that publishing and subscribing are atomic with respect to each other (a new subscriber's
+history snapshot and its place in the channel are taken together: nothing falls between them, nothing
+arrives twice). Nothing done under the lock blocks -- ``put_nowait`` only, and signals are sent after
+release -- so under gevent the lock is never contended, and it can be created before gunicorn forks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .. import signals
+from ..errors import ApiError, ServiceUnavailable
+from ..wire.sse import encode
+from .message import ORIGIN, Key, Message, parse_id
+from .names import validate_channel
+from .subscription import Subscription
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    message: Message
+    subscribers: int  # local subscribers it was queued for
+
+
+class Channel:
+    __slots__ = ("name", "subscribers")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.subscribers: tuple[Subscription, ...] = ()  # replaced, never mutated: safe to iterate
+
+
+class Hub:
+    """Publish, subscribe, unsubscribe, history, stats. Get the app's hub with :func:`rover_stream.hub`."""
+
+    def __init__(self, engine: Any, *, queue_size: int = 256, policy: str = "disconnect",
+                 max_channels: int = 10_000, max_channels_per_stream: int = 32) -> None:
+        self.engine = engine
+        self.queue_size = queue_size
+        self.policy = policy
+        self.max_channels = max_channels
+        self.max_channels_per_stream = max_channels_per_stream
+        self._lock = threading.Lock()
+        self._channels: dict[str, Channel] = {}
+        self.published = 0
+        self.delivered = 0
+        self.dropped_slow = 0
+        self.lost_events = 0
+        self.subscriptions = 0
+        self.replayed = 0
+        self.resets = 0
+
+    # -- publishing -------------------------------------------------------------------------------------------
+
+    def publish(self, channel: str, data: Any, event: str | None = None) -> PublishResult:
+        """Publish ``data`` (a str, or any JSON value) on ``channel``, optionally as event type ``event``.
+        Raises :class:`~rover_stream.errors.EncodeError` for an event name with CR, LF or NUL."""
+        validate_channel(channel)
+        body = encode(data, event=event)
+        with self._lock:
+            message = self.engine.append(channel, event, data, body)
+            found = self._channels.get(channel)
+            reached, dropped = self._deliver(found, message) if found else (0, ())
+            self.published += 1
+        self._after_delivery(message, reached, dropped)
+        return PublishResult(message, reached)
+
+    def _deliver(self, channel: Channel, message: Message) -> tuple[int, tuple[Subscription, ...]]:
+        """Queue ``message`` for the channel's subscribers (lock held). Returns how many took it, and those
+        the slow-client policy disconnected."""
+        reached = 0
+        dropped: list[Subscription] = []
+        for subscription in channel.subscribers:
+            lost = subscription.lost
+            if subscription.offer(message):
+                reached += 1
+                if subscription.lost != lost:
+                    self.lost_events += 1
+                    dropped.append(subscription)
+            else:
+                dropped.append(subscription)
+        if dropped:
+            gone = [s for s in dropped if s.dropped is not None]
+            if gone:
+                self.dropped_slow += len(gone)
+                self._remove(gone)
+        self.delivered += reached
+        return reached, tuple(dropped)
+
+    def _after_delivery(self, message: Message, reached: int, dropped: tuple[Subscription, ...]) -> None:
+        for subscription in dropped:
+            signals.emit(signals.subscriber_dropped, self, subscription=subscription, channel=message.channel,
+                         policy=self.policy, dropped=subscription.lost)
+        signals.emit(signals.message_published, self, message=message, subscribers=reached)
+
+    # -- subscribing ------------------------------------------------------------------------------------------
+
+    def subscribe(self, channels: str | list[str] | tuple[str, ...], last_event_id: str | None = None) -> Subscription:
+        """Subscribe to one channel or several. With ``last_event_id`` (what the client last saw, as sent in
+        ``Last-Event-ID``) the subscription first replays what was missed."""
+        names = (channels,) if isinstance(channels, str) else tuple(dict.fromkeys(channels))
+        if not names:
+            raise ApiError("Subscribe to at least one channel.", code="invalid_channel")
+        if len(names) > self.max_channels_per_stream:
+            raise ApiError(f"One stream may subscribe to at most {self.max_channels_per_stream} channels, "
+                           f"not {len(names)}.", code="too_many_channels")
+        for name in names:
+            validate_channel(name)
+        positions = _positions(names, last_event_id)
+        subscription = Subscription(self, names, self.queue_size, self.policy)
+        with self._lock:
+            for name in names:
+                self._make_room_for(name)
+            for name in names:
+                resume_from = positions.get(name)
+                if last_event_id is None:
+                    subscription.begin_channel(name, self.engine.head(name), [], None, None, None)
+                else:
+                    replay = self.engine.after(name, resume_from)
+                    subscription.begin_channel(name, resume_from or ORIGIN, replay.messages, replay.reset,
+                                       replay.missed, last_event_id)
+                    self.replayed += len(replay.messages)
+                    self.resets += replay.reset is not None
+                channel = self._channels.get(name)
+                if channel is None:
+                    channel = self._channels[name] = Channel(name)
+                channel.subscribers = (*channel.subscribers, subscription)
+            self.subscriptions += 1
+        subscription.finish_setup(sort=len(names) > 1)
+        signals.emit(signals.subscribed, self, subscription=subscription, channels=names,
+                     replayed=len(subscription.backlog))
+        return subscription
+
+    def _make_room_for(self, name: str) -> None:
+        if name in self._channels or len(self._channels) < self.max_channels:
+            return
+        idle = [c for c in self._channels.values() if not c.subscribers]
+        idle.sort(key=lambda c: self.engine.idle_since(c.name))
+        for channel in idle[: max(1, len(self._channels) - self.max_channels + 1)]:
+            del self._channels[channel.name]
+            self.engine.forget(channel.name)
+        if len(self._channels) >= self.max_channels:
+            raise ServiceUnavailable(f"The hub holds its maximum of {self.max_channels} channels, all with "
+                                     "subscribers.", code="too_many_channels")
+
+    def unsubscribe(self, subscription: Subscription, reason: str = "closed") -> None:
+        with self._lock:
+            self._remove([subscription])
+        signals.emit(signals.unsubscribed, self, subscription=subscription, reason=reason)
+
+    def _remove(self, subscriptions: list[Subscription]) -> None:
+        for subscription in subscriptions:
+            for name in subscription.channels:
+                channel = self._channels.get(name)
+                if channel is not None and subscription in channel.subscribers:
+                    channel.subscribers = tuple(s for s in channel.subscribers if s is not subscription)
+
+    # -- reading ----------------------------------------------------------------------------------------------
+
+    def history(self, channel: str, after: str | None = None) -> list[Message]:
+        """The messages ``channel`` still keeps, oldest first; only those after id ``after`` if given."""
+        validate_channel(channel)
+        with self._lock:
+            return self.engine.history(channel, parse_id(after) if after else None)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            per_channel = {name: len(c.subscribers) for name, c in self._channels.items() if c.subscribers}
+        return {
+            **self.engine.stats(),
+            "channels": len(per_channel),
+            "subscribers": sum(per_channel.values()),
+            "subscribers_per_channel": per_channel,
+            "published": self.published,
+            "delivered": self.delivered,
+            "slow_subscribers_disconnected": self.dropped_slow,
+            "events_dropped": self.lost_events,
+            "subscriptions": self.subscriptions,
+            "events_replayed": self.replayed,
+            "resets": self.resets,
+            "time": time.time(),
+        }
+
+
+def _positions(channels: tuple[str, ...], last_event_id: str | None) -> dict[str, Key]:
+    """Parse a Last-Event-ID: ``<id>`` for one channel, ``chan:<id>,chan:<id>`` for several. Channels the
+    id does not cover, or covers with garbage, are absent (their replay is an "unknown" reset)."""
+    if not last_event_id:
+        return {}
+    if ":" not in last_event_id:
+        key = parse_id(last_event_id.strip())
+        return {channels[0]: key} if key is not None and len(channels) == 1 else {}
+    positions: dict[str, Key] = {}
+    for part in last_event_id.split(",")[:1000]:
+        name, _, text = part.strip().partition(":")
+        key = parse_id(text)
+        if key is not None and name in channels:
+            positions[name] = key
+    return positions

@@ -1,0 +1,106 @@
+"""The in-process engine: ids and bounded history in this process's memory.
+
+The :class:`~rover_stream.hub.Hub` calls every method here while holding its lock, so appending a message,
+queueing it for subscribers and snapshotting history for a new subscriber never interleave.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .message import ORIGIN, Key, Message
+
+
+@dataclass
+class Replay:
+    """What a reconnecting subscriber gets from history: ``messages`` in order and, when its id could not
+    be honoured, ``reset`` ("expired": older than the history; "unknown": not an id of this channel's
+    history, e.g. from before a restart) with ``missed`` events lost (None when it cannot be known)."""
+
+    messages: list[Message] = field(default_factory=list)
+    reset: str | None = None
+    missed: int | None = None
+
+
+class ChannelLog:
+    """One channel's sequence counter and history."""
+
+    __slots__ = ("seq", "history")
+
+    def __init__(self, size: int) -> None:
+        self.seq = 0
+        self.history: deque[Message] = deque(maxlen=size)
+
+
+class MemoryEngine:
+    name = "memory"
+
+    def __init__(self, history_size: int, history_ttl: float) -> None:
+        # The epoch tells this process's ids from those of a previous run: an id from before a restart is
+        # "unknown", never mistaken for a position in the new history.
+        self.epoch = time.time_ns() // 1_000_000
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self._logs: dict[str, ChannelLog] = {}
+
+    def _log(self, channel: str) -> ChannelLog:
+        log = self._logs.get(channel)
+        if log is None:
+            log = self._logs[channel] = ChannelLog(self.history_size)
+        return log
+
+    def append(self, channel: str, event: str | None, data: Any, body: bytes) -> Message:
+        log = self._log(channel)
+        log.seq += 1
+        now = time.time()
+        message = Message(channel, (self.epoch, log.seq), event, data, body, now)
+        if self.history_size:
+            log.history.append(message)
+            self._expire(log, now)
+        return message
+
+    def _expire(self, log: ChannelLog, now: float) -> None:
+        history = log.history
+        limit = now - self.history_ttl
+        while history and history[0].time < limit:
+            history.popleft()
+
+    def head(self, channel: str) -> Key:
+        log = self._logs.get(channel)
+        return (self.epoch, log.seq if log else 0)
+
+    def after(self, channel: str, key: Key | None) -> Replay:
+        log = self._log(channel)
+        self._expire(log, time.time())
+        history = log.history
+        if key is None or key[0] != self.epoch or key[1] > log.seq:
+            return Replay(list(history), reset="unknown")
+        first = history[0].key[1] if history else log.seq + 1
+        if key[1] >= first - 1:
+            return Replay(list(itertools.islice(history, key[1] - first + 1, None)))
+        return Replay(list(history), reset="expired", missed=first - 1 - key[1])
+
+    def forget(self, channel: str) -> None:
+        self._logs.pop(channel, None)
+
+    def idle_since(self, channel: str) -> float:
+        """When the channel last had a message (0 if never): the hub forgets the idlest channels first."""
+        log = self._logs.get(channel)
+        return log.history[-1].time if log and log.history else 0.0
+
+    def history(self, channel: str, after: Key | None = None) -> list[Message]:
+        log = self._logs.get(channel)
+        if log is None:
+            return []
+        self._expire(log, time.time())
+        return [m for m in log.history if after is None or m.key > after]
+
+    def stats(self) -> dict[str, Any]:
+        return {"engine": self.name, "history_events": sum(len(log.history) for log in self._logs.values())}
+
+
+__all__ = ["MemoryEngine", "Replay", "ORIGIN"]

@@ -1,0 +1,51 @@
+"""A published message, encoded once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..wire.sse import encode
+
+Key = tuple[int, int]
+"""An id as a comparable pair: ``"1795263245123-17"`` is ``(1795263245123, 17)``."""
+
+#: The cursor of a client that has seen nothing: every message id is above it.
+ORIGIN: Key = (0, 0)
+
+
+def parse_id(text: str) -> Key | None:
+    first, dash, second = text.partition("-")
+    if not dash or not first.isdigit() or not second.isdigit() or len(text) > 41:
+        return None
+    return int(first), int(second)
+
+
+def format_id(key: Key) -> str:
+    return f"{key[0]}-{key[1]}"
+
+
+class Message:
+    """One event of one channel. ``payload`` is its complete SSE block (``id:``, ``event:``, ``data:``
+    lines), built once and written to every single-channel subscriber as is."""
+
+    __slots__ = ("channel", "id", "key", "event", "data", "time", "payload", "_wrapped")
+
+    def __init__(self, channel: str, key: Key, event: str | None, data: Any, body: bytes, time: float) -> None:
+        self.channel = channel
+        self.key = key
+        self.id = format_id(key)
+        self.event = event
+        self.data = data
+        self.time = time
+        self.payload = b"id: " + self.id.encode() + b"\n" + body
+        self._wrapped: bytes | None = None
+
+    def wrapped(self) -> bytes:
+        """The block for multi-channel connections, without its ``id:`` line (each subscriber adds its own
+        cursor): the data becomes ``{"channel": ..., "data": ...}``. Built once, on first use."""
+        if self._wrapped is None:
+            self._wrapped = encode({"channel": self.channel, "data": self.data}, event=self.event)
+        return self._wrapped
+
+    def __repr__(self) -> str:
+        return f"<Message {self.channel}/{self.id} event={self.event!r}>"

@@ -1,0 +1,183 @@
+"""A subscription: one client's bounded queue of messages, and the feed its SSE response reads.
+
+What the client receives, in order:
+
+1. a *position* block, ``id: <cursor>`` with no data: EventSource stores it as its last event id without
+   dispatching anything, so even a client that drops before the first event resumes exactly;
+2. for each channel whose ``Last-Event-ID`` could not be honoured, an ``event: reset`` whose data says
+   which channel, why (``"expired"``: older than the history; ``"unknown"``: not an id of this history,
+   e.g. from before a restart) and how many events were lost when that is known; then the history that is
+   still there;
+3. the replayed events, then live ones. Nothing is sent twice: every channel has a cursor, and a message at
+   or below it is skipped.
+
+A subscriber that falls ``SUBSCRIBER_QUEUE_SIZE`` events behind meets the slow-client policy:
+``disconnect`` ends its stream (the client reconnects with its Last-Event-ID and catches up from history);
+``drop-oldest`` discards its oldest waiting message. Either way nobody else waits, and its memory is bounded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import queue
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..pipe import FeedEnded
+from .message import ORIGIN, Key, Message, format_id
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+_WAKE = object()
+_ids = itertools.count(1)
+
+#: Most replayed messages handed to the response per write.
+REPLAY_BATCH = 256
+
+
+class Subscription:
+    """Created by :meth:`Hub.subscribe`; pass it to :func:`rover_stream.sse_response`."""
+
+    def __init__(self, hub: Hub, channels: tuple[str, ...], queue_size: int, policy: str) -> None:
+        self.id = next(_ids)
+        self.hub = hub
+        self.channels = channels
+        self.multi = len(channels) > 1
+        self.policy = policy
+        self.queue: queue.Queue[Any] = queue.Queue(queue_size)
+        self.cursor: dict[str, Key] = {}
+        self.backlog: deque[Message] = deque()
+        self.preamble: list[bytes] = []
+        self.dropped: str | None = None  # why the hub let go of this subscriber
+        self.closed = False
+        self.delivered = 0
+        self.lost = 0
+
+    # -- the hub's side (called with the hub's lock held: nothing here may block) ----------------------------
+
+    def offer(self, message: Message) -> bool:
+        """Queue ``message``; False if the subscriber is too slow and the policy let go of it."""
+        try:
+            self.queue.put_nowait(message)
+            return True
+        except queue.Full:
+            pass
+        if self.policy == "drop-oldest":
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                pass
+            self.lost += 1
+            try:
+                self.queue.put_nowait(message)
+            except queue.Full:
+                pass
+            return True
+        self.dropped = "slow_client"
+        self._clear()
+        return False
+
+    def _clear(self) -> None:
+        """Free what is queued and wake the response, which then ends the stream."""
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        self.wake()
+
+    # -- the response's side ----------------------------------------------------------------------------------
+
+    def take(self, timeout: float) -> list[bytes] | None:
+        if self.preamble:
+            taken, self.preamble = self.preamble, []
+            return taken
+        while self.backlog:
+            batch = [self.backlog.popleft() for _ in range(min(REPLAY_BATCH, len(self.backlog)))]
+            rendered = self._render(batch)
+            if rendered:
+                return rendered
+        if self.dropped is not None or self.closed:
+            raise FeedEnded
+        try:
+            first = self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        items = [first]
+        get = self.queue.get_nowait
+        for _ in range(self.queue.qsize()):
+            try:
+                items.append(get())
+            except queue.Empty:
+                break
+        if self.dropped is not None:
+            raise FeedEnded
+        # Nothing to send (a wake-up, or duplicates): None, and the response looks at its flags.
+        return self._render(items) or None
+
+    def _render(self, messages: Iterable[Any]) -> list[bytes]:
+        out: list[bytes] = []
+        cursor = self.cursor
+        if not self.multi:
+            (channel,) = self.channels
+            seen = cursor[channel]
+            for message in messages:
+                if message is _WAKE or message.key <= seen:
+                    continue
+                seen = message.key
+                out.append(message.payload)
+            cursor[channel] = seen
+        else:
+            for message in messages:
+                if message is _WAKE or message.key <= cursor[message.channel]:
+                    continue
+                cursor[message.channel] = message.key
+                out.append(b"id: " + self.cursor_text().encode() + b"\n" + message.wrapped())
+        self.delivered += len(out)
+        return out
+
+    def cursor_text(self) -> str:
+        """The id that resumes this subscription: the message id for one channel, ``chan:id,...`` for
+        several."""
+        if not self.multi:
+            return format_id(self.cursor[self.channels[0]])
+        return ",".join(f"{channel}:{format_id(self.cursor[channel])}" for channel in self.channels)
+
+    def wake(self) -> None:
+        try:
+            self.queue.put_nowait(_WAKE)
+        except queue.Full:
+            pass  # the response has plenty to take, and will look at the flags when it does
+
+    def close(self) -> None:
+        """The client is gone: leave the hub."""
+        if not self.closed:
+            self.closed = True
+            self.hub.unsubscribe(self, reason=self.dropped or "closed")
+
+    # -- set-up, by the hub -------------------------------------------------------------------------------------
+
+    def begin_channel(self, channel: str, position: Key, replay: list[Message], reset: str | None,
+              missed: int | None, last_event_id: str | None) -> None:
+        """Record where ``channel`` starts for this subscriber, and what it must be sent first."""
+        if reset is not None:
+            self.cursor[channel] = ORIGIN
+            info = {"channel": channel, "reason": reset, "last_event_id": last_event_id, "missed": missed,
+                    "replayed": len(replay)}
+            self.preamble.append(("event: reset\ndata: " + json.dumps(info, separators=(",", ":")) + "\n\n")
+                                 .encode())
+        else:
+            self.cursor[channel] = position
+        self.backlog.extend(replay)
+
+    def finish_setup(self, sort: bool) -> None:
+        if sort:  # several channels replayed: interleave them in publication order
+            self.backlog = deque(sorted(self.backlog, key=lambda m: m.time))
+        # The position block comes first: it sets the client's last event id without dispatching.
+        self.preamble.insert(0, ("id: " + self.cursor_text() + "\n\n").encode())
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.id} {','.join(self.channels)}>"
