@@ -85,7 +85,8 @@ def allows(patterns: Sequence[str], channel: str) -> bool:
 def require(secret: str | None, action: str, channels: Iterable[str]) -> dict[str, Any] | None:
     """Check the current request may ``action`` ("publish" or "subscribe") on every one of ``channels``:
     401 without a valid token, 403 when the token does not cover a channel. No secret: open."""
-    if secret is None:
+    channels = list(channels)
+    if secret is None or not channels:
         return None
     token = token_from_request()
     if token is None:
@@ -118,5 +119,5 @@ def exposure_problem(binds: Iterable[str], secret: str | None) -> str | None:
     exposed = [b for b in binds if not _is_loopback(b)]
     if exposed:
         return (f"Refusing to listen on {', '.join(exposed)} without ROVER_SECRET_KEY: anyone could publish "
-                "and read private channels. Set ROVER_SECRET_KEY (16+ characters) or bind to 127.0.0.1.")
+                "and read private channels. Set ROVER_SECRET_KEY (32+ characters) or bind to 127.0.0.1.")
     return None

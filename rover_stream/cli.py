@@ -41,8 +41,8 @@ def _token(args: argparse.Namespace, extra: list[str]) -> int:
     from .auth import mint_token
 
     secret = args.secret or os.environ.get(settings_module.PREFIX + "SECRET_KEY")
-    if not secret or len(secret) < 16:
-        print("rover-stream: a secret of at least 16 characters is needed: --secret or ROVER_SECRET_KEY.",
+    if not secret or len(secret) < 32:
+        print("rover-stream: a secret of at least 32 characters is needed: --secret or ROVER_SECRET_KEY.",
               file=sys.stderr)
         return 2
     if not args.publish and not args.subscribe:

@@ -127,7 +127,7 @@ def _channel(raw: Any) -> str:
 
 def _secret(raw: Any) -> str:
     text = str(raw)
-    if len(text) < 16:
+    if len(text) < 32:  # RFC 7518 3.2: an HS256 key at least as long as the hash
         raise ValueError
     return text
 
@@ -219,7 +219,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SECRET_KEY", _optional(_secret), None,
             "Secret that signs access tokens (JWT, HS256). With it, publishing and private- channels need a "
             "token. Without it the server runs open, and only on a loopback address.",
-            "a string of at least 16 characters, or empty", sensitive=True),
+            "a string of at least 32 characters, or empty", sensitive=True),
     # Demo and files
     Setting("UPLOADS_DIR", _text, "uploads",
             "Folder served by GET /download/<filename> (relative paths are relative to the working directory).",

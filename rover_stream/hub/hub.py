@@ -114,6 +114,7 @@ class Hub:
             validate_channel(name)
         positions = _positions(names, last_event_id)
         subscription = Subscription(self, names, self.queue_size, self.policy)
+        resets: list[tuple[str, str, int | None]] = []
         with self._lock:
             for name in names:
                 self._make_room_for(name)
@@ -126,13 +127,18 @@ class Hub:
                     subscription.begin_channel(name, resume_from or ORIGIN, replay.messages, replay.reset,
                                        replay.missed, last_event_id)
                     self.replayed += len(replay.messages)
-                    self.resets += replay.reset is not None
+                    if replay.reset is not None:
+                        self.resets += 1
+                        resets.append((name, replay.reset, replay.missed))
                 channel = self._channels.get(name)
                 if channel is None:
                     channel = self._channels[name] = Channel(name)
                 channel.subscribers = (*channel.subscribers, subscription)
             self.subscriptions += 1
         subscription.finish_setup(sort=len(names) > 1)
+        for name, reason, missed in resets:
+            signals.emit(signals.replay_reset, self, subscription=subscription, channel=name, reason=reason,
+                         missed=missed)
         signals.emit(signals.subscribed, self, subscription=subscription, channels=names,
                      replayed=len(subscription.backlog))
         return subscription
