@@ -92,8 +92,10 @@ LOADGEN_PUBLISHER = HERE / "loadgen_publisher.py"
 
 LOOPBACK = "127.0.0.1"
 CHANNEL = "bench"
-PEER_PACKAGES = ("fastapi", "uvicorn", "sse-starlette", "flask", "flask-sse", "gunicorn", "gevent", "redis")
-PEER_IMPORTS = "import fastapi, uvicorn, sse_starlette, flask, flask_sse, gunicorn, gevent, redis"
+# packaging: gunicorn's gevent worker imports it without declaring it
+PEER_PACKAGES = ("fastapi", "uvicorn", "sse-starlette", "flask", "flask-sse", "gunicorn", "gevent", "redis",
+                 "packaging")
+PEER_IMPORTS = "import fastapi, uvicorn, sse_starlette, flask, flask_sse, gunicorn, gevent, redis, packaging"
 
 START_TIMEOUT = 30.0  # seconds for a server to log its port and answer
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
@@ -289,7 +291,7 @@ def redis_command(port: int, *args: str, timeout: float = 5.0) -> bytes:
             answer += chunk
             if args[0].upper() == "PING" and answer.endswith(b"\r\n"):
                 break
-            if args[0].upper() == "PUBSUB" and answer.count(b"\r\n") >= 5:
+            if args[0].upper() == "PUBSUB" and re.search(rb"\r\n:\d+\r\n$", answer):
                 break
         return answer
 
@@ -1034,7 +1036,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         result = measure(system, scenario, env, args)
                     except (Unavailable, RuntimeError, OSError, subprocess.SubprocessError) as exc:
                         log(f"    {system}: {type(exc).__name__}: {exc}")
-                        result = {"system": system, "scenario": name, "error": f"{type(exc).__name__}: {exc}"}
+                        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                        result = {"system": system, "scenario": name, "error": f"{type(exc).__name__}: {first}",
+                                  "error_detail": str(exc)}
                     else:
                         log("    " + summary_line(result))
                     result["repeat"] = repeat

@@ -48,6 +48,7 @@ from typing import Any
 
 MARK = re.compile(rb"@t(\d+\.\d+)@")
 MARKER = b"@t"
+TERMINATORS = (b"\n\n", b"\n\r\n")  # the blank line ending an event: LF, or CRLF servers (sse-starlette)
 RECV_SIZE = 256 * 1024
 MAX_TAIL = 1 << 20  # an unterminated event this long means the stream is not SSE: give up on it
 
@@ -94,6 +95,13 @@ class Sub:
 
     def dechunk(self, data: bytes) -> tuple[bytes, bool]:
         """The payload in ``data`` (chunked transfer coding), and whether the last chunk was seen."""
+        if not self.cbuf and self.remaining == 0:  # the usual case: exactly one whole chunk per recv
+            eol = data.find(b"\r\n", 0, 18)
+            if eol > 0 and b";" not in data[:eol]:
+                start = eol + 2
+                stop = start + int(data[:eol], 16)
+                if stop > start and len(data) == stop + 2 and data.endswith(b"\r\n"):
+                    return data[start:stop], False
         buf = self.cbuf + data if self.cbuf else data
         out: list[bytes] = []
         pos = 0
@@ -314,9 +322,12 @@ class LoadGen:
             data, finished = sub.dechunk(data)
         if data:
             tail = sub.tail + data if sub.tail else data
-            lf = tail.rfind(b"\n\n")
-            crlf = tail.rfind(b"\n\r\n")
-            cut = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
+            if tail.endswith(TERMINATORS):  # the usual case: whole events
+                cut = len(tail)
+            else:
+                lf = tail.rfind(b"\n\n")
+                crlf = tail.rfind(b"\n\r\n")
+                cut = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
             if cut:
                 if cut == len(tail):
                     complete = tail

@@ -62,7 +62,8 @@ class LiveServer:
     """A gunicorn master with gevent worker(s), started on a free port of 127.0.0.1."""
 
     def __init__(self, tmp_path: Path, app: str = "stream_app:app", env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), kind: str = "gevent") -> None:
+        self.kind = kind
         self.log_path = tmp_path / f"gunicorn-{time.monotonic_ns()}.log"
         uploads = tmp_path / "uploads"
         uploads.mkdir(exist_ok=True)
@@ -77,11 +78,16 @@ class LiveServer:
             **(env or {}),
         }
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "--chdir", str(ROOT),
-             "--pythonpath", str(LIVE_APPS), *args, app],
-            stdout=self._log, stderr=subprocess.STDOUT, env=environment, cwd=str(tmp_path),
-        )
+        if kind == "gevent":
+            command = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "--chdir",
+                       str(ROOT), "--pythonpath", str(LIVE_APPS), *args, app]
+        elif kind == "threaded":
+            command = [sys.executable, str(LIVE_APPS / "serve_threaded.py"), app]
+            environment["PYTHONPATH"] = os.pathsep.join([str(LIVE_APPS), str(ROOT)])
+        else:
+            raise ValueError(kind)
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=environment,
+                                     cwd=str(tmp_path))
         self.port = self._wait_for_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -127,8 +133,9 @@ class LiveServer:
 def _servers(base: Path) -> Iterator[Any]:
     servers: list[LiveServer] = []
 
-    def start(app: str = "stream_app:app", env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> LiveServer:
-        server = LiveServer(base, app=app, env=env, args=args)
+    def start(app: str = "stream_app:app", env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+              kind: str = "gevent") -> LiveServer:
+        server = LiveServer(base, app=app, env=env, args=args, kind=kind)
         servers.append(server)
         return server
 

@@ -90,6 +90,7 @@ class SSEReader:
         self.response = response
         self.parser = EventStreamParser()
         self.raw = b""
+        self.dispatched: list[ParsedEvent] = []  # every event parsed so far, in order
 
     def events(self, count: int, timeout: float = 5.0) -> list[ParsedEvent]:
         deadline = time.monotonic() + timeout
@@ -102,7 +103,9 @@ class SSEReader:
             if chunk == b"":
                 raise ConnectionError(f"stream ended after {len(found)} events; raw: {self.raw[-500:]!r}")
             self.raw += chunk
-            found.extend(self.parser.feed(chunk))
+            new = self.parser.feed(chunk)
+            self.dispatched.extend(new)
+            found.extend(new)
         return found
 
     def until(self, needle: bytes, timeout: float = 5.0) -> bytes:
@@ -116,7 +119,7 @@ class SSEReader:
             if chunk == b"":
                 break
             self.raw += chunk
-            self.parser.feed(chunk)
+            self.dispatched.extend(self.parser.feed(chunk))
         return self.raw
 
 

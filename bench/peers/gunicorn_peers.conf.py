@@ -13,7 +13,7 @@ worker_class = "gevent"
 worker_connections = int(os.environ.get("BENCH_WORKER_CONNECTIONS", "12000"))
 backlog = 2048
 timeout = 30
-graceful_timeout = 5
+graceful_timeout = 2  # the streams never end by themselves: do not wait for them
 keepalive = 5
 
 loglevel = "info"  # gunicorn logs "Listening at: http://127.0.0.1:PORT" at info; bench/fanout.py reads it

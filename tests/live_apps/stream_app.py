@@ -23,7 +23,8 @@ cleaned: dict[str, int] = {"idle": 0, "writer": 0}
 
 @app.get("/test/state")
 def state() -> Any:
-    return jsonify(cleaned=cleaned, **get_runtime().stats())
+    runtime = get_runtime()
+    return jsonify(cleaned=cleaned, hub=runtime.hub.stats(), **runtime.stats())
 
 
 @app.get("/test/idle-sse")
