@@ -887,14 +887,23 @@ def verdicts(runs: list[dict[str, Any]], scenarios: Sequence[str]) -> list[dict[
                     if target:
                         row["target"] = target
                         row["result"] = "PASS" if passed else "MISS"
-                elif key == "delivered":
-                    row["result"] = "" if delivered_ok else "(losses)"
+                elif key == "delivered" and not delivered_ok:
+                    row["result"] = delivery_problems(mine)
                 rows.append(row)
             if len(errors):
                 rows.append({"scenario": scenario, "system": system, "figure": f"{len(errors)} run(s) failed",
                              "median": errors[0][:70], "spread": "", "ratio": "", "target": "",
                              "result": "MISS" if system == ROVER else ""})
     return rows
+
+
+def delivery_problems(mine: list[dict[str, Any]]) -> str:
+    missing = sum(r.get("missing", 0) for r in mine if "error" not in r)
+    excess = sum(r.get("excess", 0) for r in mine if "error" not in r)
+    lost = sum(r.get("lost_connections", 0) for r in mine if "error" not in r)
+    parts = [f"{missing:,} lost" if missing else "", f"{excess:,} extra" if excess else "",
+             f"{lost} streams ended" if lost else ""]
+    return "(" + ", ".join(p for p in parts if p) + ")"
 
 
 def rover_target(scenario: str, key: str, value: float, bests: dict[str, tuple[str, float]],

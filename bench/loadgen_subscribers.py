@@ -1,6 +1,6 @@
 """The subscriber side of ``bench/fanout.py``: many SSE connections in one process, one epoll loop.
 
-One process holds every subscriber connection (non-blocking sockets, ``selectors.EpollSelector``) and parses
+One process holds every subscriber connection (non-blocking sockets, one ``select.epoll``) and parses
 as little as it can: the HTTP status line and headers once, the chunked transfer coding when the server uses
 it, and then only where the last blank line (``\\n\\n``, or ``\\n\\r\\n`` for CRLF servers) of the data so far is.
 Every complete part before it is searched for the benchmark's marker ``@t<seconds>@``, which the publisher
@@ -39,7 +39,7 @@ import json
 import os
 import re
 import resource
-import selectors
+import select
 import socket
 import sys
 import time
@@ -142,7 +142,8 @@ class LoadGen:
         self.address = (args.host, args.port)
         self.request = (f"GET {args.path} HTTP/1.1\r\nHost: {args.host}:{args.port}\r\n"
                         "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n").encode()
-        self.selector = selectors.EpollSelector()
+        self.epoll = select.epoll()
+        self.by_fd: dict[int, Sub] = {}  # registered sockets
         self.subs = [Sub(i) for i in range(args.count)]
         self.to_start: deque[tuple[float, Sub]] = deque((0.0, sub) for sub in self.subs)
         self.pending = 0
@@ -220,7 +221,8 @@ class LoadGen:
         if code not in (0, errno.EINPROGRESS):
             self.fail(sub, f"connect: {os.strerror(code)}")
             return
-        self.selector.register(sock, selectors.EVENT_WRITE, sub)
+        self.epoll.register(sock.fileno(), select.EPOLLOUT)
+        self.by_fd[sock.fileno()] = sub
 
     def mark_ready(self, sub: Sub) -> None:
         if not sub.ready:
@@ -247,10 +249,9 @@ class LoadGen:
 
     def close(self, sub: Sub) -> None:
         if sub.sock is not None:
-            try:
-                self.selector.unregister(sub.sock)
-            except (KeyError, ValueError):
-                pass
+            fd = sub.sock.fileno()
+            if self.by_fd.pop(fd, None) is not None:
+                self.epoll.unregister(fd)
             sub.sock.close()
             sub.sock = None
         sub.state = CLOSED
@@ -279,7 +280,7 @@ class LoadGen:
             self.fail(sub, "short send")
             return
         sub.state = HEADERS
-        self.selector.modify(sock, selectors.EVENT_READ, sub)
+        self.epoll.modify(sock.fileno(), select.EPOLLIN)
         if self.args.ready == "sent":
             self.mark_ready(sub)
 
@@ -413,14 +414,15 @@ class LoadGen:
 
     def run(self) -> None:
         os.set_blocking(sys.stdin.fileno(), False)
-        stdin_key = object()
-        self.selector.register(sys.stdin.fileno(), selectors.EVENT_READ, stdin_key)
+        stdin_fd = sys.stdin.fileno()
+        self.epoll.register(stdin_fd, select.EPOLLIN)
         rate = self.args.connect_rate
         tokens = 0.0
         last_refill = time.monotonic()
         next_progress = last_refill
         next_wait_check = last_refill
-        select = self.selector.select
+        poll = self.epoll.poll
+        by_fd = self.by_fd
         on_readable = self.on_readable
         while self.running:
             now = time.monotonic()
@@ -444,16 +446,17 @@ class LoadGen:
                 timeout = 0.005 if self.to_start else 0.1
             else:
                 timeout = 0.1 if self.wait_expected is None else 0.02
-            events = select(timeout)
+            events = poll(timeout)
             now = time.monotonic()
-            for key, mask in events:
-                sub = key.data
-                if sub is stdin_key:
-                    self.on_stdin()
-                elif mask & selectors.EVENT_READ:
-                    on_readable(sub, now)
-                else:
+            for fd, _mask in events:
+                sub = by_fd.get(fd)
+                if sub is None:
+                    if fd == stdin_fd:
+                        self.on_stdin()
+                elif sub.state == CONNECTING:
                     self.on_writable(sub)
+                else:
+                    on_readable(sub, now)
             if self.wait_expected is not None and now >= next_wait_check:
                 next_wait_check = now + 0.02
                 self.check_wait()

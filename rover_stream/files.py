@@ -18,17 +18,16 @@ import mimetypes
 import os
 import time
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
 from typing import Any
 
 from flask import Response, request
-from werkzeug.http import dump_options_header, http_date, is_resource_modified
+from werkzeug.http import dump_options_header, http_date, parse_date
 from werkzeug.security import safe_join
 
 from .concurrency import wait_writable
-from .errors import ApiError, StreamAborted
+from .errors import ApiError, StreamAborted, error_response
 from .runtime import StreamRuntime, get_runtime
-from .streaming import StreamBody, StreamingResponse
+from .streaming import ClientDisconnected, StreamBody, StreamingResponse
 
 #: Bytes sent through the server's own write before sendfile takes over; they carry the headers out.
 FIRST_WRITE = 64 * 1024
@@ -48,14 +47,12 @@ class FileBody(StreamBody):
         self.start = start
         self.length = length
         self.chunk_size = chunk_size
-        self._socket = environ.get("gunicorn.socket") if use_sendfile else None
-        if environ.get("wsgi.url_scheme") != "http" or not str(environ.get("SERVER_PROTOCOL")).startswith("HTTP/1"):
-            self._socket = None  # TLS or HTTP/2: bytes must go through the server's framing
+        self._sendfile_socket = self.client_socket if use_sendfile and _plain_http1(environ) else None
         self._send_timeout: float = runtime.settings["SEND_TIMEOUT"]
 
     def chunks(self) -> Iterator[bytes]:
         offset, end = self.start, self.start + self.length
-        if self._socket is not None and self.length > FIRST_WRITE:
+        if self._sendfile_socket is not None and self.length > FIRST_WRITE:
             first = self._read(offset, FIRST_WRITE)
             yield first
             offset += len(first)
@@ -65,6 +62,7 @@ class FileBody(StreamBody):
             chunk = self._read(offset, min(self.chunk_size, end - offset))
             offset += len(chunk)
             yield chunk
+            self.check_shutdown()
 
     def _read(self, offset: int, size: int) -> bytes:
         data = os.pread(self._fd, size, offset)
@@ -73,13 +71,10 @@ class FileBody(StreamBody):
         return data
 
     def _sendfile(self, offset: int, end: int) -> None:
-        out = self._socket.fileno()  # type: ignore[union-attr]
-        runtime = self.runtime
+        out = self._sendfile_socket.fileno()  # type: ignore[union-attr]
         stalled_since = 0.0
         while offset < end:
-            if runtime.shutting_down:
-                self._end_reason = "shutdown"
-                raise StreamAborted("the server is shutting down")
+            self.check_shutdown()
             try:
                 sent = os.sendfile(out, self._fd, offset, min(end - offset, SENDFILE_MAX))
             except BlockingIOError:
@@ -91,6 +86,8 @@ class FileBody(StreamBody):
                 if wait_writable(out, SHUTDOWN_CHECK_INTERVAL):
                     stalled_since = 0.0
                 continue
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise ClientDisconnected from exc
             if sent == 0:
                 raise StreamAborted("the file shrank while it was being sent")
             offset += sent
@@ -98,6 +95,16 @@ class FileBody(StreamBody):
 
     def cleanup(self) -> None:
         os.close(self._fd)
+
+
+def _plain_http1(environ: Mapping[str, Any]) -> bool:
+    """Whether bytes may go straight to the client socket: HTTP/1.x without TLS. (Behind a proxy,
+    ``wsgi.url_scheme`` says what the *proxy's* client used, so look at the socket itself.)"""
+    import ssl
+
+    sock = environ.get("gunicorn.socket")
+    return (sock is not None and not isinstance(sock, ssl.SSLSocket)
+            and str(environ.get("SERVER_PROTOCOL", "")).startswith("HTTP/1"))
 
 
 def _not_found(filename: str) -> ApiError:
@@ -161,44 +168,81 @@ def _file_response(runtime: StreamRuntime, fd: int, path: str, mimetype: str | N
     if content_type.startswith("text/") and "charset" not in content_type:
         content_type += "; charset=utf-8"
 
-    environ = request.environ
-    modified = datetime.fromtimestamp(int(info.st_mtime), tz=timezone.utc)
-    if not is_resource_modified(environ, etag=etag, last_modified=modified):
+    mtime = int(info.st_mtime)  # HTTP dates have whole seconds
+    precondition = _preconditions(etag, mtime)
+    if precondition is not None:
         os.close(fd)
-        return _bodyless(304, headers, content_type)
+        if precondition == 412:
+            return error_response(412, "precondition_failed", "The file does not match the request's If-Match or "
+                                  "If-Unmodified-Since condition.", headers)
+        return Response(status=304, headers=headers, content_type=content_type)
 
     start, length, status = 0, size, 200
-    byte_range = request.range
-    if byte_range is not None and len(byte_range.ranges) == 1 and _if_range_matches(etag, info.st_mtime):
-        span = byte_range.range_for_length(size)
-        if span is None:
-            os.close(fd)
-            headers["Content-Range"] = f"bytes */{size}"
-            response = _bodyless(416, headers, "application/json")
-            response.set_data(
-                b'{"error":"range_not_satisfiable","message":"The requested range is outside the file, '
-                b'which has ' + str(size).encode() + b' bytes.","status":416}'
-            )
-            return response
+    span = _requested_range(size, etag, mtime)
+    if span == "unsatisfiable":
+        os.close(fd)
+        headers["Content-Range"] = f"bytes */{size}"
+        return error_response(416, "range_not_satisfiable",
+                              f"The requested range is outside the file, which has {size} bytes.", headers)
+    if isinstance(span, tuple):
         start, stop = span
         length, status = stop - start, 206
         headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
     headers["Content-Length"] = str(length)
     body = FileBody(runtime, fd, start, length, chunk_size=chunk_size or runtime.settings["FILE_CHUNK_SIZE"],
-                    use_sendfile=use_sendfile, environ=environ)
+                    use_sendfile=use_sendfile, environ=request.environ)
     return StreamingResponse(body=body, status=status, headers=headers, content_type=content_type)
 
 
-def _if_range_matches(etag: str, mtime: float) -> bool:
-    """A Range with If-Range applies only if the file is still the one the client has part of."""
-    if_range = request.if_range
-    if if_range.etag is None and if_range.date is None:
-        return True
-    if if_range.etag is not None:
-        return if_range.etag == etag
-    assert if_range.date is not None
-    return int(if_range.date.timestamp()) == int(mtime)
+def _etags(header: str) -> list[tuple[bool, str]]:
+    """``(weak, opaque-tag)`` pairs of an If-Match / If-None-Match / If-Range value (``*`` as ``(False, "*")``)."""
+    tags = []
+    for part in header.split(","):
+        part = part.strip()
+        weak = part.startswith("W/")
+        tags.append((weak, part[2:] if weak else part))
+    return tags
 
 
-def _bodyless(status: int, headers: dict[str, str], content_type: str) -> Response:
-    return Response(status=status, headers=headers, content_type=content_type)
+def _preconditions(etag: str, mtime: int) -> int | None:
+    """RFC 9110 section 13.2.2, for GET and HEAD: 412, 304, or None to go on."""
+    quoted = f'"{etag}"'
+    headers = request.headers
+    if_match = headers.get("If-Match")
+    if if_match is not None:
+        if not any(tag in ("*", quoted) and not weak for weak, tag in _etags(if_match)):
+            return 412  # If-Match uses the strong comparison
+    elif (since := parse_date(headers.get("If-Unmodified-Since"))) is not None and mtime > since.timestamp():
+        return 412
+    if_none_match = headers.get("If-None-Match")
+    if if_none_match is not None:
+        if any(tag in ("*", quoted) for _, tag in _etags(if_none_match)):
+            return 304  # If-None-Match uses the weak comparison
+    elif (since := parse_date(headers.get("If-Modified-Since"))) is not None and mtime <= since.timestamp():
+        return 304
+    return None
+
+
+def _requested_range(size: int, etag: str, mtime: int) -> tuple[int, int] | str | None:
+    """The ``(start, stop)`` to send for a single byte range, "unsatisfiable" (416), or None for the whole
+    file: no Range, another unit, several ranges (allowed to be answered whole), a syntax error, or an
+    If-Range that no longer matches."""
+    byte_range = request.range
+    if byte_range is None or byte_range.units != "bytes" or len(byte_range.ranges) != 1:
+        return None
+    if_range = request.headers.get("If-Range")
+    if if_range is not None:
+        if if_range.startswith(('"', "W/")):
+            weak, tag = _etags(if_range)[0]
+            if weak or tag != f'"{etag}"':  # If-Range needs a strong validator
+                return None
+        elif (date := parse_date(if_range)) is None or int(date.timestamp()) != mtime:
+            return None
+    first, last = byte_range.ranges[0]  # Werkzeug: last is exclusive; a suffix has a negative first
+    if first < 0:  # "bytes=-N": the last N bytes, or the whole file when it is shorter
+        first, last = max(0, size + first), size
+    elif last is None or last > size:
+        last = size
+    if first >= size or first >= last:
+        return "unsatisfiable"
+    return first, last

@@ -96,16 +96,17 @@ class Pipe:
     def take(self, timeout: float) -> list[Any] | None:
         deadline = 0.0
         while True:
+            end = self._end  # read before the items: a push and finish between the two reads lose nothing
             if self._items:
                 items = self._items
                 taken = [items.popleft() for _ in range(len(items))]
                 self._consumed += sum(map(len, taken)) if self._count_bytes else len(taken)
                 self._space.set()
                 return taken
-            if self._end is not None:
-                if self._end is _DONE:
+            if end is not None:
+                if end is _DONE:
                     raise FeedEnded
-                raise self._end
+                raise end
             if self._woken:
                 self._woken = False
                 return None

@@ -8,10 +8,11 @@ lock: under gevent nothing preempts between two bytecodes of ours, and under rea
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, current_app
+from flask import Flask, current_app, g
 
 from . import signals
 from .errors import ServiceUnavailable
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from .streaming import StreamBody
 
 EXTENSION_KEY = "rover_stream"
+
+#: Seconds between asking streams to end on shutdown and cutting those that have not.
+FORCE_CLOSE_AFTER = 1.0
 
 
 class StreamRuntime:
@@ -69,10 +73,19 @@ class StreamRuntime:
         signals.emit(signals.stream_closed, body, reason=reason, bytes_sent=body.bytes_sent, duration=body.duration)
 
     def begin_shutdown(self, sender: Any = None, **_: Any) -> None:
-        """Stop admitting streams and wake every open one so that it ends now with its final event."""
+        """Stop admitting streams and wake every open one so that it ends now (SSE with its final event).
+        Streams still open ``FORCE_CLOSE_AFTER`` seconds later are cut: their client is not reading, or
+        their generator blocks in the connection's greenlet."""
         self.shutting_down = True
         for body in list(self._open):
             body.wake()
+        timer = threading.Timer(FORCE_CLOSE_AFTER, self._force_close)
+        timer.daemon = True
+        timer.start()
+
+    def _force_close(self) -> None:
+        for body in list(self._open):
+            body.force_close()
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -93,8 +106,17 @@ def make_hub(settings: Settings) -> Hub:
                max_channels=settings["MAX_CHANNELS"], max_channels_per_stream=settings["MAX_CHANNELS_PER_STREAM"])
 
 
+def _close_unsent_bodies(exc: BaseException | None) -> None:
+    from .streaming import PENDING_KEY
+
+    for body in g.pop(PENDING_KEY, ()):
+        if not body.handed_over:
+            body.close()
+
+
 def init_runtime(app: Flask, settings: Settings) -> StreamRuntime:
     runtime = StreamRuntime(settings, make_hub(settings))
+    app.teardown_request(_close_unsent_bodies)
     app.extensions[EXTENSION_KEY] = runtime
     # A bound method is held weakly; the app keeps the runtime alive for as long as the app lives.
     signals.shutdown_requested.connect(runtime.begin_shutdown)

@@ -185,7 +185,8 @@ SETTINGS: tuple[Setting, ...] = (
             "CSV, NDJSON and writer output is gathered into chunks of about this size before each socket write.",
             "an integer number of bytes from 512 to 16777216"),
     Setting("FLUSH_INTERVAL", _seconds(), 0.05,
-            "Longest time in seconds that written CSV/NDJSON/writer bytes wait in a partial batch.",
+            "Writer output waits at most this long in a partial batch; a CSV/NDJSON row arriving this long "
+            "after the previous send goes out at once.",
             "a number of seconds > 0"),
     Setting("FILE_CHUNK_SIZE", _integer(512, 16 * 1024 * 1024), 256 * 1024,
             "Bytes per read when a file is streamed without sendfile (non-gunicorn servers, TLS).",

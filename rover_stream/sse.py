@@ -25,7 +25,7 @@ import socket
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from flask import request
+from flask import Response, current_app, request
 
 from .concurrency import Task, on_peer_close, spawn
 from .errors import ServiceUnavailable
@@ -53,36 +53,52 @@ def last_event_id() -> str | None:
 
 
 class GeneratorFeed(Pipe):
-    """A feed filled by a producer task that runs the route author's iterable, encoding each event."""
+    """A feed filled by a producer task that runs the route author's iterable, encoding each event. The
+    task runs in the app context of the view that made it (``current_app`` works; ``request`` does not:
+    read what you need from it in the view)."""
 
     def __init__(self, events: Iterable[Any], limit: int) -> None:
         super().__init__(limit=limit)
         self._events = events
+        self._app = current_app._get_current_object()  # type: ignore[attr-defined]
         self.task: Task | None = None
 
     def start(self) -> None:
         self.task = spawn(self._produce, name="rover-stream-sse-producer")
 
     def _produce(self) -> None:
-        iterator = iter(self._events)
-        try:
-            for item in iterator:
-                self.push(to_bytes(item))
-        except PipeClosed:
-            pass
-        except Exception as exc:
-            self.finish(exc)
-        else:
-            self.finish()
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
+        with self._app.app_context():
+            iterator = iter(self._events)
+            try:
+                for item in iterator:
+                    self.push(to_bytes(item))
+            except PipeClosed:
+                pass
+            except Exception as exc:
+                self.finish(exc)
+            else:
+                self.finish()
+            finally:
+                _close(iterator)
 
     def close(self) -> None:
         super().close()
         if self.task is not None:
             self.task.cancel()
+        else:
+            _close(self._events)  # never started (HEAD, 503, an error in the view): its finally runs now
+
+
+def _close(iterable: Any) -> None:
+    close = getattr(iterable, "close", None)
+    if close is not None:
+        close()
+
+
+#: How many heartbeats, this far apart, test a client whose socket reported end-of-file: a client that
+#: closed makes the second write fail; one that only half-closed (still reading) keeps its stream.
+PROBE_WRITES = 2
+PROBE_INTERVAL = 0.05
 
 
 class EventStreamBody(StreamBody):
@@ -90,14 +106,12 @@ class EventStreamBody(StreamBody):
 
     kind = "sse"
 
-    def __init__(self, runtime: StreamRuntime, feed: Feed, *, retry: int | None, heartbeat: float,
-                 client_socket: Any = None) -> None:
+    def __init__(self, runtime: StreamRuntime, feed: Feed, *, retry: int | None, heartbeat: float) -> None:
         super().__init__(runtime)
         self.feed = feed
         self.retry = retry
         self.heartbeat = heartbeat
-        self._client_socket = client_socket
-        self._client_gone = False
+        self._probes = 0
         self._stop_watch: Any = None
 
     def chunks(self) -> Iterator[bytes]:
@@ -107,40 +121,49 @@ class EventStreamBody(StreamBody):
         runtime = self.runtime
         take = self.feed.take
         yield encode(retry=self.retry) if self.retry is not None else HEARTBEAT
-        if self._client_socket is not None:
-            # Notice a client that leaves while the stream is idle at once, not at the next heartbeat.
-            self._stop_watch = on_peer_close(self._client_socket, self._on_client_gone)
+        if self.client_socket is not None:
+            self._watch_client(self.client_socket)
         while True:
             try:
-                parts = take(self.heartbeat)
+                parts = take(PROBE_INTERVAL if self._probes else self.heartbeat)
             except FeedEnded:
-                return
-            if self._client_gone:
                 return
             if runtime.shutting_down:
                 if parts:
                     yield b"".join(parts)
-                self._end_reason = "shutdown"
                 yield shutdown_event(runtime.settings["SHUTDOWN_RETRY_MS"])
                 self._close_after_response()
                 return
+            if self._probes and not parts:
+                self._probes -= 1
             yield b"".join(parts) if parts else HEARTBEAT
+
+    def _watch_client(self, sock: Any) -> None:
+        # A silent peer (network gone, laptop asleep) never answers: give up on it after two heartbeats'
+        # worth of unacknowledged data instead of TCP's default of about fifteen minutes.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", 18),
+                            int(self.heartbeat * 2000))
+        except OSError:
+            pass
+        # And notice a client that closes while the stream is idle at once, not at the next heartbeat.
+        self._stop_watch = on_peer_close(sock, self._on_peer_eof)
+
+    def _on_peer_eof(self) -> None:
+        """The client socket reads end-of-file: the client closed, or only shut its sending side. Write at
+        once, twice: the second write to a closed client fails and ends the stream."""
+        self._probes = PROBE_WRITES
+        self.feed.wake()
 
     def _close_after_response(self) -> None:
         """Make gunicorn close the connection once this body ends, instead of keeping it alive: its
-        keep-alive loop would hold the stopping worker for ``keepalive`` seconds, and an EventSource that
-        reconnected on this connection would reach a worker that refuses new streams. With reading shut
-        down, gunicorn's wait for the next request sees end-of-file at once."""
-        if self._client_socket is not None:
+        keep-alive loop would hold the stopping worker for ``keepalive`` seconds. With reading shut down,
+        gunicorn's wait for the next request sees end-of-file at once."""
+        if self.client_socket is not None:
             try:
-                self._client_socket.shutdown(socket.SHUT_RD)
+                self.client_socket.shutdown(socket.SHUT_RD)
             except OSError:
                 pass
-
-    def _on_client_gone(self) -> None:
-        self._client_gone = True
-        self._end_reason = "disconnect"
-        self.feed.wake()
 
     def wake(self) -> None:
         self.feed.wake()
@@ -164,40 +187,44 @@ def sse_response(
     heartbeat: float | None = None,
     headers: Mapping[str, str] | None = None,
     status: int = 200,
-) -> StreamingResponse:
+) -> Response:
     """Stream ``events`` as Server-Sent Events.
 
-    ``events`` yields :class:`~rover_stream.wire.sse.Event` objects, dicts of event fields
-    (``{"event": "tick", "id": 3, "data": {...}}``), plain values (sent as the data of a message: ``str`` as
-    is, anything else as JSON) or pre-encoded ``bytes``. It may block as long as it likes between events;
-    heartbeats go on. It may also be a feed (a hub subscription), read directly without a producer task.
+    ``events`` yields :class:`~rover_stream.wire.sse.Event` objects, dicts of event fields with a ``data``
+    key (``{"event": "tick", "id": 3, "data": {...}}``), plain values (sent as the data of a message: ``str``
+    as is, anything else -- other dicts too -- as JSON) or pre-encoded ``bytes``. It may block as long as it
+    likes between events; heartbeats go on. It may also be a feed (a hub subscription), read directly
+    without a producer task.
 
     ``retry`` (milliseconds) defaults to ``ROVER_RETRY_MS``, ``heartbeat`` (seconds) to
     ``ROVER_HEARTBEAT_INTERVAL``.
     """
     runtime = get_runtime()
     settings = runtime.settings
-    feed: Feed
-    if hasattr(events, "take") and hasattr(events, "wake"):
-        feed = events  # type: ignore[assignment]
-    else:
-        feed = GeneratorFeed(events, limit=settings["STREAM_QUEUE_SIZE"])  # type: ignore[arg-type]
-    try:
-        body = EventStreamBody(
-            runtime, feed,
-            retry=settings["RETRY_MS"] if retry is None else retry,
-            heartbeat=settings["HEARTBEAT_INTERVAL"] if heartbeat is None else heartbeat,
-            client_socket=request.environ.get("gunicorn.socket"),
-        )
-    except ServiceUnavailable:
-        close = getattr(events, "close", None)  # the generator never runs: let its finally blocks run now
-        if close is not None:
-            close()
-        raise
     response_headers = {
         # Caches and proxies must neither store nor buffer an event stream.
         "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",
     }
     response_headers.update(headers or {})
+    feed: Feed
+    if hasattr(events, "take") and hasattr(events, "wake"):
+        feed = events  # type: ignore[assignment]
+    else:
+        feed = GeneratorFeed(events, limit=settings["STREAM_QUEUE_SIZE"])  # type: ignore[arg-type]
+    if runtime.shutting_down:
+        # A request on a connection kept alive across the shutdown, typically an EventSource reconnecting:
+        # a 503 would stop it for good, so it gets what the open streams got, and reconnects elsewhere.
+        feed.close()
+        return Response(shutdown_event(settings["SHUTDOWN_RETRY_MS"]), headers=response_headers,
+                        content_type=SSE_CONTENT_TYPE)
+    try:
+        body = EventStreamBody(
+            runtime, feed,
+            retry=settings["RETRY_MS"] if retry is None else retry,
+            heartbeat=settings["HEARTBEAT_INTERVAL"] if heartbeat is None else heartbeat,
+        )
+    except ServiceUnavailable:
+        feed.close()  # a generator that never runs has its finally run now; a subscription leaves the hub
+        raise
     return StreamingResponse(body=body, status=status, headers=response_headers, content_type=SSE_CONTENT_TYPE)

@@ -13,13 +13,14 @@ browsers report a failed transfer instead of saving a truncated file as if it we
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from flask import Response
+from flask import Response, current_app, g, has_request_context, request
 
-from .concurrency import Task, spawn
+from .concurrency import Task, gevent_active, spawn
 from .errors import RoverStreamError, StreamAborted
 from .pipe import FeedEnded, Pipe, PipeClosed
 from .runtime import StreamRuntime, get_runtime
@@ -27,12 +28,28 @@ from .wire.tabular import csv_chunks, ndjson_chunks
 
 log = logging.getLogger("rover_stream.stream")
 
+#: Where the bodies created during a request wait to be handed to the server (in ``flask.g``).
+PENDING_KEY = "_rover_stream_bodies"
+
 #: Items the pipe holds per batch size before a writer blocks: how far a writer may run ahead of the socket.
 PIPE_BATCHES = 4
 
 
+class ClientDisconnected(Exception):
+    """Raised (from the socket error) when a body writing to the socket itself finds the client gone."""
+
+
+class ShuttingDown(StreamAborted):
+    """The server is stopping: a stream without a natural end is cut short (no terminating chunk)."""
+
+
 class StreamBody:
-    """Base WSGI body: admission, byte counting, abort-on-error and idempotent close."""
+    """Base WSGI body: admission, byte counting, abort-on-error, idempotent close.
+
+    Why a stream ended is decided in one place, :meth:`__next__`: ``complete`` when the body ran out,
+    ``shutdown`` for :class:`ShuttingDown`, ``error`` for any other exception; a body that is closed while
+    it could still send is a ``disconnect``.
+    """
 
     kind = "stream"
 
@@ -40,11 +57,19 @@ class StreamBody:
         self.runtime = runtime
         self.bytes_sent = 0
         self.started = False
+        self.handed_over = False  # set when the WSGI server received the body; see runtime.py
         self._opened_at = time.monotonic()
         self._closed = False
         self._end_reason = "disconnect"
         self._chunks: Iterator[bytes] | None = None
+        self._greenlet: Any = None
+        environ = request.environ if has_request_context() else {}
+        self.client_socket: Any = environ.get("gunicorn.socket")
         runtime.admit(self)
+        if has_request_context():
+            # Closed at the end of the request unless the WSGI server receives it (StreamingResponse.__call__):
+            # a view that fails after creating a stream must not leak the stream's slot or its file.
+            g.setdefault(PENDING_KEY, []).append(self)
 
     @property
     def duration(self) -> float:
@@ -55,26 +80,43 @@ class StreamBody:
 
     def __next__(self) -> bytes:
         if self._chunks is None:
-            self.started = True
-            self._chunks = self.chunks()
+            self._start()
         try:
-            chunk = next(self._chunks)
+            chunk = next(self._chunks)  # type: ignore[arg-type]
         except StopIteration:
-            self._end_reason = "shutdown" if self._end_reason == "shutdown" else "complete"
+            self._end_reason = "complete"
             raise
-        except (BrokenPipeError, ConnectionResetError):
-            raise  # the client went away mid-write; the server handles it quietly, and so do we
+        except ShuttingDown:
+            self._end_reason = "shutdown"
+            raise
+        except ClientDisconnected as exc:
+            raise exc.__cause__ from None  # type: ignore[misc]  # the server handles EPIPE quietly
         except Exception as exc:
-            if self._end_reason != "shutdown":
-                self._end_reason = "error"
+            self._end_reason = "error"
             if isinstance(exc, StreamAborted):
-                if self._end_reason == "error":
-                    log.warning("%s stream aborted: %s", self.kind, exc)
+                log.warning("%s stream aborted: %s", self.kind, exc)
                 raise
             log.error("%s stream failed mid-response; aborting the connection", self.kind, exc_info=exc)
             raise StreamAborted(f"{type(exc).__name__}: {exc}") from exc
         self.bytes_sent += len(chunk)
         return chunk
+
+    def _start(self) -> None:
+        self.started = True
+        if gevent_active():
+            import gevent
+
+            self._greenlet = gevent.getcurrent()  # the connection's greenlet, killed if shutdown must force
+        if self.client_socket is not None:
+            # A client that stops reading must not hold this connection forever: a write that makes no
+            # progress for SEND_TIMEOUT seconds fails.
+            self.client_socket.settimeout(self.runtime.settings["SEND_TIMEOUT"])
+        self._chunks = self.chunks()
+
+    def check_shutdown(self) -> None:
+        """Raise :class:`ShuttingDown` if the server is stopping (for bodies that have no final event)."""
+        if self.runtime.shutting_down:
+            raise ShuttingDown("the server is shutting down")
 
     def chunks(self) -> Iterator[bytes]:
         """The bytes to send; subclasses implement it."""
@@ -82,6 +124,18 @@ class StreamBody:
 
     def wake(self) -> None:
         """Called on shutdown: make a body that is waiting notice ``runtime.shutting_down`` now."""
+
+    def force_close(self) -> None:
+        """Shutdown's last resort, for a body still open a moment after it was woken: its client is not
+        reading, or its producer blocks in the connection's own greenlet. Cut the socket and stop the
+        greenlet (which runs the generator's ``finally``)."""
+        if self.client_socket is not None:
+            try:
+                self.client_socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._greenlet is not None and not self._greenlet.dead:
+            self._greenlet.kill(block=False)
 
     def cleanup(self) -> None:
         """Release what the body holds (producer task, file); called once, from :meth:`close`."""
@@ -106,16 +160,12 @@ class IterableBody(StreamBody):
         self._content = content
 
     def chunks(self) -> Iterator[bytes]:
-        runtime = self.runtime
         for item in self._content:
             if isinstance(item, str):
                 item = item.encode("utf-8")
             if item:  # gunicorn ends a chunked body at an empty chunk; never emit one mid-stream
                 yield item
-            if runtime.shutting_down:
-                # Cut short, without the terminating chunk: the client must not take it for complete.
-                self._end_reason = "shutdown"
-                raise StreamAborted("the server is shutting down")
+            self.check_shutdown()
 
     def cleanup(self) -> None:
         close = getattr(self._content, "close", None)
@@ -134,6 +184,7 @@ class WriterBody(StreamBody):
         self.pipe = Pipe(limit=self.batch_bytes * PIPE_BATCHES, wake_at=self.batch_bytes, count_bytes=True)
         self.task: Task | None = None
         self._function: Callable[[StreamingWriter], Any] | None = None
+        self._app = current_app._get_current_object()  # type: ignore[attr-defined]
 
     def run_in_task(self, function: Callable[[StreamingWriter], Any]) -> None:
         self._function = function
@@ -149,16 +200,14 @@ class WriterBody(StreamBody):
                 return
             if parts:
                 yield b"".join(parts)
-            if self.runtime.shutting_down:
-                # Cut short, without the terminating chunk: the client must not take it for complete.
-                self._end_reason = "shutdown"
-                raise StreamAborted("the server is shutting down")
+            self.check_shutdown()
 
     def _produce(self) -> None:
         assert self._function is not None
         writer = StreamingWriter(body=self)
         try:
-            self._function(writer)
+            with self._app.app_context():  # current_app works in the writer; the request is over
+                self._function(writer)
         except PipeClosed:
             writer.closed = True
         except Exception as exc:
@@ -254,13 +303,17 @@ class StreamingResponse(Response):
         runtime = get_runtime()
         if body is None:
             body = IterableBody(runtime, content) if content is not None else WriterBody(runtime)
-        self.body = body
+        self.body: StreamBody = body
         super().__init__(
             body, status=status, headers=dict(headers or {}),
             content_type=content_type or media_type or "application/octet-stream", direct_passthrough=True,
         )
         # A long response must reach the client as it is produced: tell nginx not to buffer it.
         self.headers.setdefault("X-Accel-Buffering", "no")
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        self.body.handed_over = True
+        return super().__call__(environ, start_response)
 
     def writer(self, function: Callable[[StreamingWriter], Any] | None = None) -> Any:
         """``with response.writer() as w: w.write(...)`` inside the view (a small body, written before the

@@ -116,6 +116,10 @@ def test_shutdown_ends_sse_with_final_event_and_refuses_new_streams(app: Flask, 
     def forever() -> Any:
         return rs.sse_response(iter(threading.Event().wait, True))
 
+    @app.get("/plain")
+    def plain() -> Any:
+        return rs.StreamingResponse(iter(["x"]))
+
     response = client.get("/forever", buffered=False)
     chunks = response.response
     assert next(chunks).startswith(b"retry:")
@@ -123,7 +127,12 @@ def test_shutdown_ends_sse_with_final_event_and_refuses_new_streams(app: Flask, 
     rest = b"".join(chunks)
     assert b"event: shutdown\nretry: 1000\n" in rest
     response.close()
-    refused = client.get("/forever")
+    # An EventSource reconnecting on a kept-alive connection must not get a 503 (it would stop for good):
+    # it gets the final event with its retry hint, and reconnects elsewhere.
+    again = client.get("/forever")
+    assert again.status_code == 200 and b"event: shutdown\nretry: 1000\n" in again.data
+    assert get_runtime(app).open_streams == 0
+    refused = client.get("/plain")
     assert refused.status_code == 503 and refused.json["error"] == "shutting_down"
 
 
@@ -243,3 +252,153 @@ def test_errors_are_json(client: Any) -> None:
 def test_health(client: Any) -> None:
     body = client.get("/health").json
     assert body["status"] == "ok" and body["open_streams"] == 0 and body["max_streams"] == 900
+
+
+def test_a_view_that_fails_after_creating_a_stream_leaks_nothing(app: Flask, client: Any) -> None:
+    import inspect
+
+    generators: list[Any] = []
+
+    def events() -> Any:
+        yield "never sent"
+
+    @app.get("/fails")
+    def fails() -> Any:
+        generators.append(events())
+        rs.sse_response(generators[-1])
+        raise rs.ApiError("something else went wrong")
+
+    @app.get("/file-thrown-away")
+    def file_thrown_away() -> Any:
+        rs.send_from_directory(app.config["ROVER_UPLOADS_DIR"], "f.txt")
+        return {"ok": True}
+
+    with open(f"{app.config['ROVER_UPLOADS_DIR']}/f.txt", "w") as f:
+        f.write("x")
+    import os
+
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        assert client.get("/fails").status_code == 400
+        assert client.get("/file-thrown-away").status_code == 200
+    assert get_runtime(app).open_streams == 0
+    assert {inspect.getgeneratorstate(g) for g in generators} == {inspect.GEN_CLOSED}
+    assert len(os.listdir("/proc/self/fd")) <= fds
+
+
+def test_inline_writer_error_releases_its_slot(app: Flask, client: Any) -> None:
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+
+    @app.get("/big")
+    def big() -> Any:
+        response = rs.StreamingResponse(content_type="text/plain")
+        with response.writer() as writer:
+            for _ in range(100_000):
+                writer.write("x" * 100)
+        return response
+
+    assert client.get("/big").status_code == 500
+    assert get_runtime(app).open_streams == 0
+
+
+def test_head_closes_a_generator_that_never_runs(app: Flask, client: Any) -> None:
+    import inspect
+
+    generators: list[Any] = []
+
+    @app.get("/gen")
+    def gen() -> Any:
+        def events() -> Any:
+            yield "x"
+
+        generators.append(events())
+        return rs.sse_response(generators[-1])
+
+    response = client.head("/gen")
+    assert response.status_code == 200 and response.data == b""
+    response.close()  # what every WSGI server does with a body, iterated or not
+    assert inspect.getgeneratorstate(generators[0]) == inspect.GEN_CLOSED
+    assert get_runtime(app).open_streams == 0
+
+
+def test_current_app_works_in_generators_and_writers(app: Flask, client: Any) -> None:
+    from flask import current_app
+
+    @app.get("/ctx-sse")
+    def ctx_sse() -> Any:
+        def events() -> Any:
+            yield current_app.config["ROVER_UPLOADS_DIR"]
+
+        return rs.sse_response(events())
+
+    @app.get("/ctx-writer")
+    def ctx_writer() -> Any:
+        response = rs.StreamingResponse(content_type="text/plain")
+
+        @response.writer
+        def write(w: rs.StreamingWriter) -> None:
+            w.write(current_app.config["ROVER_UPLOADS_DIR"])
+
+        return response
+
+    uploads = app.config["ROVER_UPLOADS_DIR"].encode()
+    assert uploads in b"".join(client.get("/ctx-sse", buffered=False).response)
+    assert client.get("/ctx-writer").data == uploads
+
+
+def test_fast_writer_output_is_batched(app: Flask, client: Any) -> None:
+    @app.get("/many")
+    def many() -> Any:
+        response = rs.StreamingResponse(content_type="text/plain")
+
+        @response.writer
+        def write(w: rs.StreamingWriter) -> None:
+            for i in range(20_000):
+                w.write(f"line {i}\n")
+
+        return response
+
+    response = client.get("/many", buffered=False)
+    chunks = list(response.response)
+    response.close()
+    assert b"".join(chunks).count(b"\n") == 20_000
+    assert len(chunks) < 200, f"{len(chunks)} writes for 20,000 lines: not batched"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "body"),
+    [
+        pytest.param({"Range": "bytes=-500"}, 206, b"0123456789", id="suffix-longer-than-file"),
+        pytest.param({"Range": "bytes=-3"}, 206, b"789", id="suffix"),
+        pytest.param({"Range": "items=0-3"}, 200, b"0123456789", id="unknown-unit-ignored"),
+        pytest.param({"Range": "bytes=5-2"}, 200, b"0123456789", id="invalid-range-ignored"),
+        pytest.param({"Range": "bytes=10-"}, 416, None, id="start-at-end"),
+        pytest.param({"If-Match": '"other"'}, 412, None, id="if-match-mismatch"),
+        pytest.param({"If-Match": "*"}, 200, b"0123456789", id="if-match-star"),
+        pytest.param({"If-None-Match": "*"}, 304, b"", id="if-none-match-star"),
+        pytest.param({"If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}, 412, None, id="unmodified-since"),
+        pytest.param({"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}, 200, b"0123456789",
+                     id="modified-since-old-date"),
+    ],
+)
+def test_file_conditions_and_ranges(app: Flask, client: Any, headers: dict[str, str], status: int,
+                                    body: bytes | None) -> None:
+    with open(f"{app.config['ROVER_UPLOADS_DIR']}/f.txt", "wb") as f:
+        f.write(b"0123456789")
+    response = client.get("/download/f.txt", headers=headers)
+    assert response.status_code == status, response.data
+    if body is not None:
+        assert response.data == body
+    else:
+        assert response.json["status"] == status
+
+
+def test_if_range_needs_a_strong_current_etag(app: Flask, client: Any) -> None:
+    with open(f"{app.config['ROVER_UPLOADS_DIR']}/f.txt", "wb") as f:
+        f.write(b"0123456789")
+    etag = client.get("/download/f.txt").headers["ETag"]
+    assert client.get("/download/f.txt", headers={"Range": "bytes=0-1", "If-Range": etag}).data == b"01"
+    weak = client.get("/download/f.txt", headers={"Range": "bytes=0-1", "If-Range": "W/" + etag})
+    assert weak.status_code == 200 and weak.data == b"0123456789"
+    with_etag = client.get("/download/f.txt", headers={"If-None-Match": "W/" + etag})
+    assert with_etag.status_code == 304  # If-None-Match compares weakly

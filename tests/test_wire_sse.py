@@ -120,3 +120,8 @@ def test_parser_ignores_bogus_retry(value: str) -> None:
     parser = EventStreamParser()
     parser.feed(f"retry: {value}\n\n".encode())
     assert parser.retry is None
+
+
+def test_a_dict_without_data_is_data_not_fields() -> None:
+    """{"id": 7, "event": "login"} is an application value; as fields it would dispatch nothing."""
+    assert to_bytes({"id": 7, "event": "login"}) == b'data: {"id":7,"event":"login"}\n\n'

@@ -107,13 +107,13 @@ _EVENT_FIELDS = frozenset(("data", "event", "id", "retry", "comment"))
 
 def to_bytes(item: Any) -> bytes:
     """What a route author's generator may yield, encoded: an :class:`Event`; ``bytes`` already in SSE
-    format (passed through untouched); a ``dict`` whose keys are all Event fields (sse-starlette style,
-    ``{"event": "tick", "data": {...}}``); anything else is the data of a plain message (``str`` as is, other
-    values as JSON)."""
+    format (passed through untouched); a ``dict`` with a ``data`` key and only Event fields (sse-starlette
+    style, ``{"event": "tick", "id": 3, "data": {...}}``); anything else is the data of a plain message
+    (``str`` as is, other values -- other dicts too, even ``{"id": 7}`` -- as JSON)."""
     if isinstance(item, Event):
         return item.encode()
     if isinstance(item, (bytes, bytearray, memoryview)):
         return bytes(item)
-    if isinstance(item, dict) and item and _EVENT_FIELDS.issuperset(item):
+    if isinstance(item, dict) and "data" in item and _EVENT_FIELDS.issuperset(item):
         return encode(**item)
     return encode(item)

@@ -4,7 +4,9 @@ One socket write per row costs a system call per row (and a chunk header per row
 rows are serialised into a batch that is emitted once it reaches ``batch_bytes``. So that a slow, live
 source is not held back, the first row goes out at once, a batch is also emitted as soon as a row arrives
 ``flush_interval`` seconds or more after the previous emission, and whenever the source yields
-:data:`FLUSH` (useful before a known pause).
+:data:`FLUSH`. Rows that arrive in a quick burst and are then followed by a pause wait for the next row
+(or the end): a source that knows it is about to pause yields :data:`FLUSH` first. (Checking a clock from
+another greenlet would cost every row a lock or a hand-off; exports are the hot path.)
 """
 
 from __future__ import annotations
