@@ -87,3 +87,41 @@ def test_cap_holds_under_a_concurrent_burst(live_server) -> None:  # type: ignor
     assert get_json(server.port, "/health")["open_streams"] == 20
     for response in responses:
         response.close()
+
+
+def test_sigterm_cuts_stalled_clients_and_blocked_plain_generators(live_server) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    server = live_server(env={"ROVER_GRACEFUL_TIMEOUT": "30"})
+    tail = request(server.port, "/test/tail")
+    assert tail.read_chunk() == b"first line\n"
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", server.port))
+    stalled.sendall(f"GET /csv?rows=10000000 HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode())
+    time.sleep(1.0)  # the export fills the socket buffers and blocks writing
+    took = server.stop()
+    assert took < 5.0, f"the worker held on for {took:.1f} s"
+    tail.close()
+    stalled.close()
+
+
+def test_eventsource_reconnecting_on_a_kept_alive_connection_during_shutdown(live_server) -> None:  # type: ignore[no-untyped-def]
+    """A browser may reuse the idle keep-alive connection for its reconnect: that must not be a 503."""
+    import http.client
+
+    server = live_server()
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", "/health")  # the connection the browser keeps alive
+    assert connection.getresponse().read()
+    stream = SSEReader(request(server.port, "/test/idle-sse"))
+    stream.events(1)
+    server.proc.send_signal(15)
+    stream.until(b"event: shutdown")
+    connection.request("GET", "/realtime/news", headers={"Accept": "text/event-stream"})
+    answer = connection.getresponse()
+    assert answer.status == 200 and answer.getheader("Content-Type").startswith("text/event-stream")
+    assert b"event: shutdown\nretry: 1000\n" in answer.read()
+    assert answer.getheader("Connection") == "close"
+    connection.close()
+    stream.response.close()

@@ -77,3 +77,28 @@ def test_many_events_waiting_go_out_in_one_write(server) -> None:  # type: ignor
     assert len(response.chunks) < 2000 / 10
     assert response.read_chunk() == b""  # the generator ended: the response ends cleanly
     response.close()
+
+
+def test_client_leaving_an_idle_stream_is_noticed_at_once(live_server) -> None:  # type: ignore[no-untyped-def]
+    """With a 30 s heartbeat, only the socket watcher can notice the departure within a second."""
+    server = live_server(env={"ROVER_HEARTBEAT_INTERVAL": "30"})
+    response = request(server.port, "/test/idle-sse")
+    SSEReader(response).events(1)
+    response.close()
+    started = time.monotonic()
+    assert wait_for(lambda: (s := get_json(server.port, "/test/state"))["open_streams"] == 0
+                    and s["cleaned"]["idle"] == 1, timeout=2)
+    assert time.monotonic() - started < 1.0
+
+
+def test_client_that_only_half_closes_keeps_its_stream(live_server) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    server = live_server(env={"ROVER_HEARTBEAT_INTERVAL": "30"})
+    response = request(server.port, "/events?interval=0.2")
+    reader = SSEReader(response)
+    reader.events(1)
+    response.sock.shutdown(socket.SHUT_WR)  # done sending, still reading
+    events = reader.events(3, timeout=5)
+    assert len(events) == 3
+    response.close()

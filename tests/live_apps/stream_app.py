@@ -91,3 +91,14 @@ def burst() -> Any:
     """``n`` events produced as fast as possible, then the generator ends."""
     count = int(request.args.get("n", "500"))
     return rs.sse_response(rs.Event(id=i, data=f"event {i}") for i in range(count))
+
+
+@app.get("/test/tail")
+def tail() -> Any:
+    """A plain (non-SSE) stream whose generator blocks forever after its first line, like `tail -f`."""
+
+    def generate() -> Any:
+        yield "first line\n"
+        threading.Event().wait()
+
+    return rs.StreamingResponse(generate(), content_type="text/plain")
