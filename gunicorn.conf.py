@@ -28,8 +28,11 @@ backlog = 2048
 #
 #   workers - Worker processes. One gevent worker serves thousands of streams; more than one needs the
 #       Redis engine (ROVER_REDIS_URL) so that every worker sees every event.
-#   worker_class - gevent: one greenlet per connection, and the standard library monkey-patched so that
-#       plain `def` views and `time.sleep` in generators are cooperative.
+#   worker_class - gunicorn's gevent worker (one greenlet per connection, and the standard library
+#       monkey-patched so that plain `def` views and `time.sleep` in generators are cooperative), with one
+#       change: it lets go at once of a connection that a parked SSE stream took over (see
+#       rover_stream/worker.py). Plain "gevent" works too; parked connections then linger `keepalive`
+#       seconds in gunicorn.
 #   worker_connections - Greenlets per worker: the most simultaneous connections. rover_stream caps open
 #       streams below this (ROVER_MAX_STREAMS, 90% by default) so /health and short requests always get in.
 #   timeout - A worker silent for this long is killed and restarted. Streams do not count: the gevent
@@ -39,7 +42,7 @@ backlog = 2048
 #   keepalive - Seconds to wait for the next request on a keep-alive connection.
 
 workers = _s["WORKERS"]
-worker_class = "gevent"
+worker_class = "rover_stream.worker.Worker"
 worker_connections = _s["WORKER_CONNECTIONS"]
 timeout = _s["TIMEOUT"]
 graceful_timeout = _s["GRACEFUL_TIMEOUT"]

@@ -17,6 +17,7 @@ from flask import Flask, current_app, g
 from . import signals
 from .errors import ServiceUnavailable
 from .hub import Hub, MemoryEngine
+from .parked import ParkingLot
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -35,11 +36,18 @@ class StreamRuntime:
         self.max_streams = settings.max_streams
         self.shutting_down = False
         self._open: set[StreamBody] = set()
+        self._parking_lot: ParkingLot | None = None
         self.started_at = time.time()
         self.streams_opened = 0
         self.streams_rejected = 0
         self.bytes_sent = 0
         self.stream_errors = 0
+
+    def parking_lot(self) -> ParkingLot:
+        """The worker's parked streams (created on first use, in the worker: never before a fork)."""
+        if self._parking_lot is None:
+            self._parking_lot = ParkingLot(self)
+        return self._parking_lot
 
     @property
     def open_streams(self) -> int:

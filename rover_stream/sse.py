@@ -29,6 +29,7 @@ from flask import Response, current_app, request
 
 from .concurrency import Task, on_peer_close, spawn
 from .errors import ServiceUnavailable
+from .parked import can_park, response_head
 from .pipe import Feed, FeedEnded, Pipe, PipeClosed
 from .runtime import StreamRuntime, get_runtime
 from .streaming import StreamBody, StreamingResponse
@@ -113,6 +114,7 @@ class EventStreamBody(StreamBody):
         self.heartbeat = heartbeat
         self._probes = 0
         self._stop_watch: Any = None
+        self._parked: Any = None
 
     def chunks(self) -> Iterator[bytes]:
         start = getattr(self.feed, "start", None)
@@ -139,6 +141,11 @@ class EventStreamBody(StreamBody):
             yield b"".join(parts) if parts else HEARTBEAT
 
     def _watch_client(self, sock: Any) -> None:
+        self._tune_socket(sock)
+        # Notice a client that closes while the stream is idle at once, not at the next heartbeat.
+        self._stop_watch = on_peer_close(sock, self._on_peer_eof)
+
+    def _tune_socket(self, sock: Any) -> None:
         # A silent peer (network gone, laptop asleep) never answers: give up on it after two heartbeats'
         # worth of unacknowledged data instead of TCP's default of about fifteen minutes.
         try:
@@ -146,8 +153,6 @@ class EventStreamBody(StreamBody):
                             int(self.heartbeat * 2000))
         except OSError:
             pass
-        # And notice a client that closes while the stream is idle at once, not at the next heartbeat.
-        self._stop_watch = on_peer_close(sock, self._on_peer_eof)
 
     def _on_peer_eof(self) -> None:
         """The client socket reads end-of-file: the client closed, or only shut its sending side. Write at
@@ -165,8 +170,38 @@ class EventStreamBody(StreamBody):
             except OSError:
                 pass
 
+    # -- parking (see parked.py) ----------------------------------------------------------------------------
+
+    def park(self, environ: dict[str, Any], response: Response) -> Any:
+        """Hand this stream to the worker's parking lot, if it can be parked; returns gunicorn's
+        ALREADY_HANDLED then, else None (the server iterates the body as usual)."""
+        if not can_park(environ, self.feed):
+            return None
+        from gunicorn.workers.base_async import ALREADY_HANDLED
+
+        head = response_head(response.status, list(response.get_wsgi_headers(environ).items()))
+        head += encode(retry=self.retry) if self.retry is not None else HEARTBEAT
+        self.started = True
+        self._parked = self.runtime.parking_lot().park(self, self.client_socket, head)
+        self._tune_socket(self.client_socket)
+        return ALREADY_HANDLED
+
+    def close_parked(self, reason: str) -> None:
+        """The parked connection ended (called by the parking lot)."""
+        self._end_reason = reason
+        self.close()
+
     def wake(self) -> None:
-        self.feed.wake()
+        if self._parked is not None and self.runtime.shutting_down:
+            self._parked.finish(shutdown_event(self.runtime.settings["SHUTDOWN_RETRY_MS"]))
+        else:
+            self.feed.wake()
+
+    def force_close(self) -> None:
+        if self._parked is not None:
+            self._parked.close("shutdown")
+        else:
+            super().force_close()
 
     def cleanup(self) -> None:
         if self._stop_watch is not None:

@@ -313,6 +313,11 @@ class StreamingResponse(Response):
 
     def __call__(self, environ: Any, start_response: Any) -> Any:
         self.body.handed_over = True
+        park = getattr(self.body, "park", None)
+        if park is not None and environ["REQUEST_METHOD"] != "HEAD":
+            handled = park(environ, self)
+            if handled is not None:
+                return handled
         return super().__call__(environ, start_response)
 
     def writer(self, function: Callable[[StreamingWriter], Any] | None = None) -> Any:

@@ -163,3 +163,22 @@ def test_departed_subscriber_is_removed_within_two_heartbeats(server: Any) -> No
     gone = wait_for(lambda: get_json(server.port, "/test/state")["hub"]["subscribers"] == 0,
                     timeout=HEARTBEAT * 2 + 1)
     assert gone, "the subscriber outlived two heartbeats"
+
+
+def test_parked_streams_heartbeat_and_end_cleanly_on_sigterm(live_server: Any) -> None:
+    """Under gunicorn, hub subscriptions are parked (no greenlet per client): same bytes, same lifecycle."""
+    server = live_server(env={"ROVER_HEARTBEAT_INTERVAL": "0.3", "ROVER_SHUTDOWN_RETRY_MS": "500"})
+    readers = [subscribe(server.port, "parked") for _ in range(20)]
+    assert readers[0].response.headers["connection"] == "close"  # the body ends with the connection
+    readers[0].until(b": ping\n\n", timeout=2)
+    publish = Publisher(server.port)
+    publish("parked", "before shutdown")
+    publish.close()
+    took = server.stop()
+    assert took < 5.0
+    for reader in readers:
+        raw = reader.until(b"event: shutdown", timeout=2)
+        assert b"data: before shutdown\n\n" in raw
+        assert b"event: shutdown\nretry: 500\n" in raw[raw.index(b"data: before shutdown"):]
+        assert reader.response.read_chunk(timeout=2) == b""  # then the server closes the connection
+        reader.response.close()

@@ -29,9 +29,26 @@ class RawResponse:
         self.buffer += data
         return True
 
+    @property
+    def chunked(self) -> bool:
+        return self.headers.get("transfer-encoding") == "chunked"
+
     def read_chunk(self, timeout: float = 5.0) -> bytes | None:
-        """The next body chunk of a chunked response; None on timeout; b"" at the terminating chunk."""
+        """The next body chunk of a chunked response; None on timeout; b"" at the terminating chunk. For a
+        body delimited by the connection's end (``Connection: close``, as parked streams send), the next
+        bytes received, and b"" when the server closed."""
         deadline = time.monotonic() + timeout
+        if not self.chunked:
+            if not self.buffer:
+                try:
+                    if not self._fill(deadline):
+                        return None
+                except ConnectionError:
+                    self.ended = True
+                    return b""
+            data, self.buffer = self.buffer, b""
+            self.chunks.append(data)
+            return data
         while True:
             head, crlf, rest = self.buffer.partition(b"\r\n")
             if crlf:

@@ -22,7 +22,7 @@ import itertools
 import json
 import queue
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..pipe import FeedEnded
@@ -55,6 +55,8 @@ class Subscription:
         self.closed = False
         self.delivered = 0
         self.lost = 0
+        #: Called (from the hub, must not block) when something was queued: parked streams use it.
+        self.notify: Callable[[], None] | None = None
 
     # -- the hub's side (called with the hub's lock held: nothing here may block) ----------------------------
 
@@ -62,9 +64,12 @@ class Subscription:
         """Queue ``message``; False if the subscriber is too slow and the policy let go of it."""
         try:
             self.queue.put_nowait(message)
-            return True
         except queue.Full:
             pass
+        else:
+            if self.notify is not None:
+                self.notify()
+            return True
         if self.policy == "drop-oldest":
             try:
                 self.queue.get_nowait()
@@ -75,6 +80,8 @@ class Subscription:
                 self.queue.put_nowait(message)
             except queue.Full:
                 pass
+            if self.notify is not None:
+                self.notify()
             return True
         self.dropped = "slow_client"
         self._clear()
@@ -91,7 +98,9 @@ class Subscription:
 
     # -- the response's side ----------------------------------------------------------------------------------
 
-    def take(self, timeout: float) -> list[bytes] | None:
+    def take_nowait(self) -> list[bytes]:
+        """What is ready now (preamble, a batch of replay, everything queued), rendered; raises FeedEnded
+        once the hub has let go of this subscriber or it was closed."""
         if self.preamble:
             taken, self.preamble = self.preamble, []
             return taken
@@ -102,21 +111,32 @@ class Subscription:
                 return rendered
         if self.dropped is not None or self.closed:
             raise FeedEnded
-        try:
-            first = self.queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        items = [first]
-        get = self.queue.get_nowait
-        for _ in range(self.queue.qsize()):
+        queue_ = self.queue
+        count = queue_.qsize()
+        if not count:
+            return []
+        get = queue_.get_nowait
+        items = []
+        for _ in range(count):
             try:
                 items.append(get())
             except queue.Empty:
                 break
         if self.dropped is not None:
             raise FeedEnded
+        return self._render(items)
+
+    def take(self, timeout: float) -> list[bytes] | None:
+        ready = self.take_nowait()
+        if ready:
+            return ready
+        try:
+            first = self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        rendered = self._render([first]) + self.take_nowait()
         # Nothing to send (a wake-up, or duplicates): None, and the response looks at its flags.
-        return self._render(items) or None
+        return rendered or None
 
     def _render(self, messages: Iterable[Any]) -> list[bytes]:
         out: list[bytes] = []
@@ -151,6 +171,8 @@ class Subscription:
             self.queue.put_nowait(_WAKE)
         except queue.Full:
             pass  # the response has plenty to take, and will look at the flags when it does
+        if self.notify is not None:
+            self.notify()
 
     def close(self) -> None:
         """The client is gone: leave the hub."""

@@ -1,0 +1,259 @@
+"""Parked streams: hub subscriptions served without a greenlet per connection.
+
+An SSE response that reads a hub subscription is idle almost all the time, yet in the plain design its
+connection keeps a greenlet blocked in ``queue.get`` (its stack saved on the heap), gunicorn's request
+objects and a timeout: about 20 KB per idle client, and a greenlet switch per client per event. Under
+gunicorn's gevent worker such a response is *parked* instead:
+
+1. The view's response writes its own status line and headers (``Connection: close``: the body ends when
+   the connection does, so no chunked framing), on a duplicate of the client's socket descriptor, and
+   tells gunicorn the request is already handled. gunicorn's greenlet soon lets go of its copy.
+2. The subscription's bounded ``queue.Queue`` stays what the hub fills. When it goes from idle to busy it
+   tells the worker's :class:`ParkingLot`, whose one writer greenlet drains every busy queue into its
+   socket with non-blocking writes: several waiting events in one write, no switch per client.
+3. A socket that cannot take more is watched for writability; meanwhile its queue fills and the hub's
+   slow-client policy applies, as for any subscriber. ``SEND_TIMEOUT`` without progress closes it.
+4. The writer also sends heartbeats to streams idle for ``HEARTBEAT_INTERVAL``, probes sockets that read
+   end-of-file (two quick heartbeats: a closed client fails the second, a half-closed one keeps its
+   stream), and on shutdown writes every stream's final event and closes it.
+
+What a client receives is byte for byte what the unparked response sends, without chunked framing.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.http import http_date
+
+from .concurrency import gevent_active, on_peer_close
+from .pipe import FeedEnded
+from .wire.sse import HEARTBEAT
+
+if TYPE_CHECKING:
+    from .runtime import StreamRuntime
+    from .sse import EventStreamBody
+
+log = logging.getLogger("rover_stream.parked")
+
+#: Heartbeats written to a socket that read end-of-file, this far apart (see the module docstring).
+PROBE_WRITES = 2
+PROBE_INTERVAL = 0.05
+#: Longest sleep of the writer between heartbeat rounds.
+MAX_TICK = 1.0
+_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ETIMEDOUT, errno.EBADF)
+
+
+def can_park(environ: dict[str, Any], feed: Any) -> bool:
+    """Whether this response may be parked: a hub subscription, under gunicorn's gevent worker, plain
+    HTTP/1.x (TLS and HTTP/2 need the server's own framing)."""
+    import ssl
+
+    sock = environ.get("gunicorn.socket")
+    return (sock is not None and gevent_active() and hasattr(feed, "notify")
+            and not isinstance(sock, ssl.SSLSocket)
+            and str(environ.get("SERVER_PROTOCOL", "")).startswith("HTTP/1"))
+
+
+def response_head(status: str, headers: list[tuple[str, str]]) -> bytes:
+    lines = [f"HTTP/1.1 {status}\r\n", f"Date: {http_date()}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers
+              if name.lower() not in ("connection", "transfer-encoding", "content-length", "date")]
+    lines.append("Connection: close\r\n\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+class ParkedStream:
+    """One parked connection: its descriptor, what is waiting to be written, and its subscription."""
+
+    __slots__ = ("lot", "body", "subscription", "fd", "unsent", "dirty", "probes", "last_write",
+                 "blocked_since", "write_watcher", "stop_read_watch", "closed", "__weakref__")
+
+    def __init__(self, lot: ParkingLot, body: EventStreamBody, sock: Any, head: bytes) -> None:
+        self.lot = lot
+        self.body = body
+        self.subscription = body.feed
+        self.fd = os.dup(sock.fileno())
+        os.set_blocking(self.fd, False)
+        self.unsent = head
+        self.dirty = False
+        self.probes = 0
+        self.last_write = time.monotonic()
+        self.blocked_since = 0.0
+        self.write_watcher: Any = None
+        self.closed = False
+        self.stop_read_watch = on_peer_close(sock, self._on_peer_eof)
+        self.subscription.notify = self._on_offer  # type: ignore[attr-defined]
+
+    # -- called from the hub or the event loop: never block ----------------------------------------------------
+
+    def _on_offer(self) -> None:
+        self.lot.mark(self)
+
+    def _on_peer_eof(self) -> None:
+        self.probes = PROBE_WRITES
+        self.lot.mark(self)
+
+    def _on_writable(self) -> None:
+        if self.write_watcher is not None:
+            self.write_watcher.stop()
+        self.lot.mark(self)
+
+    # -- called by the writer greenlet ---------------------------------------------------------------------------
+
+    def flush(self, now: float) -> None:
+        """Write what is unsent, then whatever the subscription has ready."""
+        if self.closed:
+            return
+        if self.unsent and not self._write(self.unsent, now):
+            return
+        if self.probes:
+            self.probes -= 1
+            if not self._write(HEARTBEAT, now):
+                return
+            if self.probes:
+                self.lot.probe_later(self)
+        try:
+            parts = self.subscription.take_nowait()  # type: ignore[attr-defined]
+        except FeedEnded:
+            self.close(self.subscription.dropped or "complete")  # type: ignore[attr-defined]
+            return
+        if parts:
+            self._write(b"".join(parts), now)
+            if self.subscription.backlog and not self.unsent:  # type: ignore[attr-defined]
+                self.lot.mark(self)  # more replay to write: come back after the others had their turn
+
+    def heartbeat(self, now: float, interval: float, send_timeout: float) -> None:
+        if self.unsent:
+            if now - self.blocked_since > send_timeout:
+                log.info("parked stream made no progress for %g s; closing it", send_timeout)
+                self.close("slow_client")
+        elif now - self.last_write >= interval:
+            self._write(HEARTBEAT, now)
+
+    def _write(self, data: bytes, now: float) -> bool:
+        """Write ``data``; keep what the socket does not take. True if everything went out."""
+        try:
+            written = os.write(self.fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            self.close("disconnect" if exc.errno in _GONE else "error")
+            return False
+        self.body.bytes_sent += written
+        self.last_write = now
+        if written == len(data):
+            self.unsent = b""
+            return True
+        if not self.unsent:
+            self.blocked_since = now
+        self.unsent = data[written:]
+        self._watch_writable()
+        return False
+
+    def _watch_writable(self) -> None:
+        if self.write_watcher is None:
+            from gevent import get_hub
+
+            self.write_watcher = get_hub().loop.io(self.fd, 2)  # 2: writable
+        self.write_watcher.start(self._on_writable)
+
+    def finish(self, final: bytes) -> None:
+        """Shutdown: the final event (if the socket takes it), then close."""
+        if not self.closed:
+            if not self.unsent:
+                try:
+                    os.write(self.fd, final)
+                except OSError:
+                    pass
+            self.close("shutdown")
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.lot.streams.discard(self)
+        if self.stop_read_watch is not None:
+            self.stop_read_watch()
+        if self.write_watcher is not None:
+            self.write_watcher.stop()
+            self.write_watcher.close()
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+        self.unsent = b""
+        self.body.close_parked(reason)
+
+
+class ParkingLot:
+    """The parked streams of one app in one worker, and the greenlet that writes to all of them."""
+
+    def __init__(self, runtime: StreamRuntime) -> None:
+        self.runtime = runtime
+        self.streams: set[ParkedStream] = set()
+        self._dirty: list[ParkedStream] = []
+        self._probing: list[ParkedStream] = []
+        self._ready = threading.Event()
+        self._writer: Any = None
+
+    def park(self, body: EventStreamBody, sock: Any, head: bytes) -> ParkedStream:
+        stream = ParkedStream(self, body, sock, head)
+        self.streams.add(stream)
+        if self._writer is None or self._writer.dead:
+            import gevent
+
+            self._writer = gevent.spawn(self._run)
+        self.mark(stream)
+        return stream
+
+    def mark(self, stream: ParkedStream) -> None:
+        if not stream.dirty:
+            stream.dirty = True
+            self._dirty.append(stream)
+            self._ready.set()
+
+    def probe_later(self, stream: ParkedStream) -> None:
+        self._probing.append(stream)
+
+    def _run(self) -> None:
+        settings = self.runtime.settings
+        interval: float = settings["HEARTBEAT_INTERVAL"]
+        send_timeout: float = settings["SEND_TIMEOUT"]
+        tick = min(MAX_TICK, interval / 4)
+        next_round = time.monotonic() + tick
+        while self.streams or self._dirty:
+            now = time.monotonic()
+            wait = PROBE_INTERVAL if self._probing else max(0.0, next_round - now)
+            if not self._dirty:
+                self._ready.wait(wait)
+            self._ready.clear()
+            if self._probing:
+                probing, self._probing = self._probing, []
+                for stream in probing:
+                    self.mark(stream)
+            dirty, self._dirty = self._dirty, []
+            now = time.monotonic()
+            for stream in dirty:
+                stream.dirty = False
+                try:
+                    stream.flush(now)
+                except Exception:
+                    log.exception("parked stream failed")
+                    stream.close("error")
+            if now >= next_round:
+                for stream in list(self.streams):
+                    stream.heartbeat(now, interval, send_timeout)
+                next_round = now + tick
+        self._writer = None
+
+    def shutdown(self, final: bytes) -> None:
+        for stream in list(self.streams):
+            stream.finish(final)
+
+

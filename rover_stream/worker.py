@@ -1,0 +1,22 @@
+"""rover_stream's gunicorn worker: gunicorn's gevent worker, letting go of parked connections at once.
+
+A parked SSE stream (see :mod:`rover_stream.parked`) takes its connection over and answers gunicorn with
+``ALREADY_HANDLED``. The stock worker then waits up to ``keepalive`` seconds for another request on that
+connection, holding a greenlet and its buffers for every new stream. gunicorn's own comment on
+``is_already_handled`` invites workers to raise ``StopIteration`` there instead, which ends its handling of
+the connection at once; the parked stream keeps its own descriptor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.workers.base_async import ALREADY_HANDLED
+from gunicorn.workers.ggevent import GeventWorker
+
+
+class Worker(GeventWorker):
+    def is_already_handled(self, respiter: Any) -> bool:
+        if respiter is ALREADY_HANDLED:
+            raise StopIteration()
+        return False
