@@ -11,7 +11,8 @@ the subscribers' load generator looks for; ``<scheduled>`` is a ``time.monotonic
 * ``--mode rate``: event ``k`` is scheduled at ``t0 + k / --rate`` (``t0`` is ``--start-at``, or now) and sent
   then, on whichever connection is free; when none is, it waits, and since its data carries the *scheduled*
   time a publisher held back by a slow server counts against that server. The publisher's own lag (send time
-  minus scheduled time) is reported too.
+  minus scheduled time) is reported too. Once an event is more than ``--max-lag`` seconds late the server cannot
+  keep up: the publisher stops there (``gave_up``), so that the run stays bounded.
 
 Every answer must be a 2xx; the ``"subscribers"`` number in its JSON is collected (least and most). At the end
 one JSON line goes to stdout: events published, errors, the monotonic times of the first send and the last
@@ -69,7 +70,8 @@ class Publisher:
         self.last_answer = 0.0
         self.lags: list[float] = []
         self.reconnects = 0
-        self.answer_times: list[float] = []
+        self.rr = 0
+        self.gave_up = False
 
     def connect(self, conn: Conn) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -90,6 +92,16 @@ class Publisher:
             conn.sock = None
         self.reconnects += 1
         self.connect(conn)
+
+    def free_conn(self) -> Conn | None:
+        """The next idle connection, round-robin, so that none sits idle past the server's keep-alive timeout."""
+        count = len(self.conns)
+        for step in range(count):
+            conn = self.conns[(self.rr + step) % count]
+            if not conn.busy and conn.sock is not None:
+                self.rr = (self.rr + step + 1) % count
+                return conn
+        return None
 
     def body(self, k: int, scheduled: float) -> bytes:
         data = f"@k{k}@t{scheduled:.6f}@"
@@ -227,7 +239,13 @@ class Publisher:
                     due = start + self.k / args.rate
                     if due > now:
                         break
-                    free = next((c for c in self.conns if not c.busy and c.sock is not None), None)
+                    if now - due > args.max_lag:  # the server cannot keep up: stop here, the run stays bounded
+                        self.gave_up = True
+                        print(f"publisher: event {self.k} is {now - due:.1f} s late; giving up on the remaining "
+                              f"{total - self.k} events", file=sys.stderr, flush=True)
+                        total = self.k
+                        break
+                    free = self.free_conn()
                     if free is None:
                         blocked = True
                         break
@@ -254,6 +272,8 @@ class Publisher:
         window = (self.last_send - self.first_send) if self.published > 1 else 0.0
         return {
             "event": "published", "mode": args.mode, "connections": args.connections, "sent": self.k,
+            "scheduled": int(round(args.rate * args.duration)) if args.mode == "rate" else self.k,
+            "gave_up": self.gave_up,
             "published": self.published, "errors": self.errors,
             "statuses": {str(k): v for k, v in self.statuses.items()}, "reconnects": self.reconnects,
             "subscribers_min": self.subscribers_min, "subscribers_max": self.subscribers_max,
@@ -277,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payload", type=int, default=100, help="bytes of event data")
     parser.add_argument("--start-at", type=float, default=0.0, help="time.monotonic() of the first event")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds after the window before giving up")
+    parser.add_argument("--max-lag", type=float, default=5.0,
+                        help="--mode rate: stop publishing once an event is this many seconds late")
     args = parser.parse_args(argv)
     if not args.host.startswith("127.") and args.host not in ("localhost", "::1"):
         parser.error("loopback addresses only")

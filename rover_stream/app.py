@@ -35,12 +35,18 @@ def init_app(app: Flask, config: Mapping[str, Any] | None = None) -> None:
 def _health() -> Any:
     """Liveness: answers while streams are at their cap, since it holds no stream slot."""
     runtime = get_runtime()
-    return jsonify(
-        status="shutting_down" if runtime.shutting_down else "ok",
-        pid=os.getpid(),
-        open_streams=runtime.open_streams,
-        max_streams=runtime.max_streams,
-    )
+    engine = runtime.hub.engine
+    body: dict[str, Any] = {
+        "status": "shutting_down" if runtime.shutting_down else "ok",
+        "pid": os.getpid(),
+        "open_streams": runtime.open_streams,
+        "max_streams": runtime.max_streams,
+        "engine": engine.name,
+    }
+    if engine.name == "redis":
+        engine.ping()
+        body["redis"] = engine.stats()["redis"]
+    return jsonify(body)
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

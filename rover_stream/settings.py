@@ -132,6 +132,13 @@ def _secret(raw: Any) -> str:
     return text
 
 
+def _redis_url(raw: Any) -> str:
+    text = str(raw).strip()
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError
+    return text
+
+
 def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def parse_optional(raw: Any) -> Any:
         if raw is None or (isinstance(raw, str) and raw.strip() in ("", "auto")):
@@ -221,6 +228,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Secret that signs access tokens (JWT, HS256). With it, publishing and private- channels need a "
             "token. Without it the server runs open, and only on a loopback address.",
             "a string of at least 32 characters, or empty", sensitive=True),
+    Setting("REDIS_URL", _optional(_redis_url), None,
+            "Redis to share the hub across workers and hosts (redis://[:password@]host:port/db). Empty: the "
+            "hub lives in each worker process.", "a redis:// or rediss:// or unix:// URL, or empty",
+            sensitive=True),
+    Setting("REDIS_PREFIX", _text, "rover:",
+            "Prefix of every Redis key the hub uses (streams are <prefix>ch:<channel>).", "a non-empty string"),
+    Setting("REDIS_TIMEOUT", _seconds(), 2.0,
+            "Seconds a Redis command may take before publishing answers 503 instead of hanging.",
+            "a number of seconds > 0"),
     # Demo and files
     Setting("UPLOADS_DIR", _text, "uploads",
             "Folder served by GET /download/<filename> (relative paths are relative to the working directory).",

@@ -42,6 +42,9 @@ class Hub:
     def __init__(self, engine: Any, *, queue_size: int = 256, policy: str = "disconnect",
                  max_channels: int = 10_000, max_channels_per_stream: int = 32) -> None:
         self.engine = engine
+        self.remote = getattr(engine, "remote", False)
+        if hasattr(engine, "attach"):
+            engine.attach(self)
         self.queue_size = queue_size
         self.policy = policy
         self.max_channels = max_channels
@@ -60,9 +63,16 @@ class Hub:
 
     def publish(self, channel: str, data: Any, event: str | None = None) -> PublishResult:
         """Publish ``data`` (a str, or any JSON value) on ``channel``, optionally as event type ``event``.
-        Raises :class:`~rover_stream.errors.EncodeError` for an event name with CR, LF or NUL."""
+        Raises :class:`~rover_stream.errors.EncodeError` for an event name with CR, LF or NUL, and
+        :class:`~rover_stream.errors.ServiceUnavailable` when a remote engine cannot be reached."""
         validate_channel(channel)
         body = encode(data, event=event)
+        if self.remote:
+            # The engine stores it; every worker's reader (this one's too) delivers it, in stream order.
+            message, reached = self.engine.publish(channel, event, data, body)
+            self.published += 1
+            signals.emit(signals.message_published, self, message=message, subscribers=reached)
+            return PublishResult(message, reached)
         with self._lock:
             message = self.engine.append(channel, event, data, body)
             found = self._channels.get(channel)
@@ -70,6 +80,18 @@ class Hub:
             self.published += 1
         self._after_delivery(message, reached, dropped)
         return PublishResult(message, reached)
+
+    def deliver(self, message: Message) -> int:
+        """Queue a message that a remote engine's reader received for this process's subscribers."""
+        with self._lock:
+            found = self._channels.get(message.channel)
+            if found is None:
+                return 0
+            reached, dropped = self._deliver(found, message)
+        for subscription in dropped:
+            signals.emit(signals.subscriber_dropped, self, subscription=subscription, channel=message.channel,
+                         policy=self.policy, dropped=subscription.lost)
+        return reached
 
     def _deliver(self, channel: Channel, message: Message) -> tuple[int, tuple[Subscription, ...]]:
         """Queue ``message`` for the channel's subscribers (lock held). Returns how many took it, and those
@@ -115,26 +137,45 @@ class Hub:
         positions = _positions(names, last_event_id)
         subscription = Subscription(self, names, self.queue_size, self.policy)
         resets: list[tuple[str, str, int | None]] = []
+        # A remote engine's head is read before joining the channel, its history after: whatever is
+        # published in between arrives both ways, and the subscription's cursor drops the second copy.
+        heads = {name: self.engine.head(name) for name in names} if self.remote else {}
+        new_channels = False
         with self._lock:
             for name in names:
                 self._make_room_for(name)
             for name in names:
-                resume_from = positions.get(name)
-                if last_event_id is None:
-                    subscription.begin_channel(name, self.engine.head(name), [], None, None, None)
+                start = positions.get(name)
+                if self.remote:
+                    replay = None
+                    new_channels |= self.engine.track(name, heads[name])
+                elif last_event_id is None:
+                    start, replay = self.engine.head(name), None
                 else:
-                    replay = self.engine.after(name, resume_from)
-                    subscription.begin_channel(name, resume_from or ORIGIN, replay.messages, replay.reset,
-                                       replay.missed, last_event_id)
-                    self.replayed += len(replay.messages)
-                    if replay.reset is not None:
-                        self.resets += 1
-                        resets.append((name, replay.reset, replay.missed))
+                    replay = self.engine.after(name, start)
+                if replay is not None:
+                    self._begin(subscription, name, start, replay, last_event_id, resets)
+                elif not self.remote:
+                    subscription.begin_channel(name, start or ORIGIN, [], None, None, None)
                 channel = self._channels.get(name)
                 if channel is None:
                     channel = self._channels[name] = Channel(name)
                 channel.subscribers = (*channel.subscribers, subscription)
+                self._count_changed(channel)
             self.subscriptions += 1
+        if self.remote:
+            if new_channels:
+                self.engine.wake_reader()
+            try:
+                for name in names:
+                    start = positions.get(name) if last_event_id is not None else heads[name]
+                    replay = self.engine.after(name, start)
+                    if last_event_id is None:
+                        replay.reset = None  # caught up from our own head: nothing can be missing
+                    self._begin(subscription, name, start, replay, last_event_id, resets)
+            except BaseException:
+                self.unsubscribe(subscription, reason="error")
+                raise
         subscription.finish_setup(sort=len(names) > 1)
         for name, reason, missed in resets:
             signals.emit(signals.replay_reset, self, subscription=subscription, channel=name, reason=reason,
@@ -142,6 +183,19 @@ class Hub:
         signals.emit(signals.subscribed, self, subscription=subscription, channels=names,
                      replayed=len(subscription.backlog))
         return subscription
+
+    def _begin(self, subscription: Subscription, name: str, start: Key | None, replay: Any,
+               last_event_id: str | None, resets: list[tuple[str, str, int | None]]) -> None:
+        subscription.begin_channel(name, start or ORIGIN, replay.messages, replay.reset, replay.missed,
+                                   last_event_id)
+        self.replayed += len(replay.messages)
+        if replay.reset is not None:
+            self.resets += 1
+            resets.append((name, replay.reset, replay.missed))
+
+    def _count_changed(self, channel: Channel) -> None:
+        if self.remote:
+            self.engine.set_local_count(channel.name, len(channel.subscribers))
 
     def _make_room_for(self, name: str) -> None:
         if name in self._channels or len(self._channels) < self.max_channels:
@@ -166,6 +220,7 @@ class Hub:
                 channel = self._channels.get(name)
                 if channel is not None and subscription in channel.subscribers:
                     channel.subscribers = tuple(s for s in channel.subscribers if s is not subscription)
+                    self._count_changed(channel)
 
     # -- reading ----------------------------------------------------------------------------------------------
 
