@@ -158,3 +158,60 @@ def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Like ``live_server``, for servers shared by the tests of a module (they must not change its state)."""
     with _servers(tmp_path_factory.mktemp("module-server")) as start:
         yield start
+
+
+class RedisServer:
+    """A redis-server of the test's own, on a free loopback port, without persistence."""
+
+    def __init__(self, directory: Path) -> None:
+        self.executable = need("redis-server")
+        self.directory = directory
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory), "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def command(self, *args: str) -> bytes:
+        """One command with redis-cli's wire format, answered raw (for CLIENT LIST, FLUSHALL...)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as connection:
+            request = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+            connection.sendall(request.encode())
+            time.sleep(0.05)
+            data = b""
+            connection.settimeout(0.5)
+            try:
+                while chunk := connection.recv(65536):
+                    data += chunk
+                    if data.endswith(b"\r\n") and (data[:1] != b"$" or data.count(b"\r\n") >= 2):
+                        break
+            except TimeoutError:
+                pass
+            return data
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    yield server
+    server.kill()

@@ -3,7 +3,6 @@ exactness across dropped connections, resets, a frozen subscriber next to fast o
 
 from __future__ import annotations
 
-import http.client
 import json
 import random
 import socket
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.wire_helpers import SSEReader, get_json, request, wait_for
+from tests.wire_helpers import Publisher, get_json, subscribe, wait_for
 
 pytestmark = pytest.mark.live
 
@@ -24,34 +23,6 @@ HEARTBEAT = 0.5
 def server(request: Any, live_server: Any) -> Any:
     return live_server(kind=request.param, env={"ROVER_HEARTBEAT_INTERVAL": str(HEARTBEAT),
                                                 "ROVER_SUBSCRIBER_QUEUE_SIZE": "64"})
-
-
-class Publisher:
-    """POSTs to /api/broadcast over one keep-alive connection."""
-
-    def __init__(self, port: int) -> None:
-        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-
-    def __call__(self, channel: str, data: Any, event: str | None = None) -> dict[str, Any]:
-        body = {"channel": channel, "data": data, **({"event": event} if event else {})}
-        self.connection.request("POST", "/api/broadcast", json.dumps(body),
-                                {"Content-Type": "application/json"})
-        response = self.connection.getresponse()
-        answer = json.loads(response.read())
-        assert response.status == 200, answer
-        return answer  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self.connection.close()
-
-
-def subscribe(port: int, channel: str, last_event_id: str | None = None) -> SSEReader:
-    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
-    response = request(port, f"/realtime/{channel}", headers, timeout=10)
-    assert response.status == 200
-    reader = SSEReader(response)
-    reader.until(b"\n\nid: ")  # the retry hint, then the position block: subscribed
-    return reader
 
 
 def test_fan_out_to_hundreds_in_order(server: Any) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from rover_stream.wire.sse_parser import EventStreamParser, ParsedEvent
 
@@ -156,3 +159,37 @@ def wait_for(predicate, timeout: float, interval: float = 0.05):  # type: ignore
         time.sleep(interval)
         value = predicate()
     return value
+
+
+class Publisher:
+    """POSTs to /api/broadcast over one keep-alive connection."""
+
+    def __init__(self, port: int) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def __call__(self, channel: str, data: Any, event: str | None = None) -> dict[str, Any]:
+        body = {"channel": channel, "data": data, **({"event": event} if event else {})}
+        try:
+            self.connection.request("POST", "/api/broadcast", json.dumps(body),
+                                    {"Content-Type": "application/json"})
+            response = self.connection.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            self.connection.close()  # the server closed the idle keep-alive connection: open a new one
+            self.connection.request("POST", "/api/broadcast", json.dumps(body),
+                                    {"Content-Type": "application/json"})
+            response = self.connection.getresponse()
+        answer = json.loads(response.read())
+        assert response.status == 200, answer
+        return answer  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def subscribe(port: int, channel: str, last_event_id: str | None = None) -> SSEReader:
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    response = request(port, f"/realtime/{channel}", headers, timeout=10)
+    assert response.status == 200
+    reader = SSEReader(response)
+    reader.until(b"\n\nid: ")  # the retry hint, then the position block: subscribed
+    return reader
