@@ -355,8 +355,11 @@ class System:
 
 
 def cpu_delta(before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]]) -> tuple[float, float]:
-    cpu = sum(now[0] - before.get(pid, (0.0, 0.0))[0] for pid, now in after.items())
-    wait = sum(now[1] - before.get(pid, (0.0, 0.0))[1] for pid, now in after.items())
+    """Summed over the processes: (CPU seconds, run-queue wait seconds) between two snapshots. A process that
+    was not there before counts from zero; a negative step (a reading that fell back from schedstat to
+    /proc/<pid>/stat) counts as none."""
+    cpu = sum(max(0.0, now[0] - before.get(pid, (0.0, 0.0))[0]) for pid, now in after.items())
+    wait = sum(max(0.0, now[1] - before.get(pid, (0.0, 0.0))[1]) for pid, now in after.items())
     return cpu, wait
 
 
