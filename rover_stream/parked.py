@@ -23,6 +23,7 @@ What a client receives is byte for byte what the unparked response sends, withou
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import threading
@@ -88,12 +89,9 @@ class ParkedStream:
         self.write_watcher: Any = None
         self.closed = False
         self.stop_read_watch = on_peer_close(sock, self._on_peer_eof)
-        self.subscription.notify = self._on_offer  # type: ignore[attr-defined]
+        self.subscription.notify = functools.partial(lot.mark, self)  # type: ignore[attr-defined]
 
     # -- called from the hub or the event loop: never block ----------------------------------------------------
-
-    def _on_offer(self) -> None:
-        self.lot.mark(self)
 
     def _on_peer_eof(self) -> None:
         self.probes = PROBE_WRITES
@@ -124,7 +122,7 @@ class ParkedStream:
             self.close(self.subscription.dropped or "complete")  # type: ignore[attr-defined]
             return
         if parts:
-            self._write(b"".join(parts), now)
+            self._write(parts[0] if len(parts) == 1 else b"".join(parts), now)
             if self.subscription.backlog and not self.unsent:  # type: ignore[attr-defined]
                 self.lot.mark(self)  # more replay to write: come back after the others had their turn
 
@@ -216,7 +214,8 @@ class ParkingLot:
         if not stream.dirty:
             stream.dirty = True
             self._dirty.append(stream)
-            self._ready.set()
+            if not self._ready.is_set():
+                self._ready.set()
 
     def probe_later(self, stream: ParkedStream) -> None:
         self._probing.append(stream)

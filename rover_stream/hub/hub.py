@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import signals
+from ..concurrency import cooperate
 from ..errors import ApiError, ServiceUnavailable
 from ..wire.sse import encode
 from .message import ORIGIN, Key, Message, parse_id
@@ -51,6 +52,9 @@ class Hub:
         self.max_channels_per_stream = max_channels_per_stream
         self._lock = threading.Lock()
         self._channels: dict[str, Channel] = {}
+        #: Set when a subscriber's queue is a quarter full: the publisher then yields to the writers (under
+        #: gevent nothing else makes a busy publisher wait), so queues do not overflow while clients read.
+        self.crowded = False
         self.published = 0
         self.delivered = 0
         self.dropped_slow = 0
@@ -79,6 +83,9 @@ class Hub:
             reached, dropped = self._deliver(found, message) if found else (0, ())
             self.published += 1
         self._after_delivery(message, reached, dropped)
+        if self.crowded:
+            self.crowded = False
+            cooperate()
         return PublishResult(message, reached)
 
     def deliver(self, message: Message) -> int:
@@ -91,6 +98,9 @@ class Hub:
         for subscription in dropped:
             signals.emit(signals.subscriber_dropped, self, subscription=subscription, channel=message.channel,
                          policy=self.policy, dropped=subscription.lost)
+        if self.crowded:
+            self.crowded = False
+            cooperate()
         return reached
 
     def _deliver(self, channel: Channel, message: Message) -> tuple[int, tuple[Subscription, ...]]:

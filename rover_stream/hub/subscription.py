@@ -46,8 +46,10 @@ class Subscription:
         self.hub = hub
         self.channels = channels
         self.multi = len(channels) > 1
+        self._seen: Key = ORIGIN  # the cursor of a single-channel subscription (``cursor`` for several)
         self.policy = policy
         self.queue: queue.Queue[Any] = queue.Queue(queue_size)
+        self._crowded_at = queue_size // 4
         self.cursor: dict[str, Key] = {}
         self.backlog: deque[Message] = deque()
         self.preamble: list[bytes] = []
@@ -69,6 +71,8 @@ class Subscription:
         else:
             if self.notify is not None:
                 self.notify()
+            if self.queue.qsize() > self._crowded_at:
+                self.hub.crowded = True  # the publisher lets the writers run before its next event
             return True
         if self.policy == "drop-oldest":
             try:
@@ -101,6 +105,22 @@ class Subscription:
     def take_nowait(self) -> list[bytes]:
         """What is ready now (preamble, a batch of replay, everything queued), rendered; raises FeedEnded
         once the hub has let go of this subscriber or it was closed."""
+        if not (self.preamble or self.backlog or self.multi or self.dropped is not None or self.closed):
+            # The hot path: one channel, live events only.
+            queue_ = self.queue
+            count = queue_.qsize()
+            if count == 1:
+                message = queue_.get_nowait()
+                if message is _WAKE or message.key <= self._seen:
+                    return []
+                self._seen = message.key
+                self.delivered += 1
+                return [message.payload]
+            if not count:
+                return []
+        return self._take_general()
+
+    def _take_general(self) -> list[bytes]:
         if self.preamble:
             taken, self.preamble = self.preamble, []
             return taken
@@ -142,14 +162,13 @@ class Subscription:
         out: list[bytes] = []
         cursor = self.cursor
         if not self.multi:
-            (channel,) = self.channels
-            seen = cursor[channel]
+            seen = self._seen
             for message in messages:
                 if message is _WAKE or message.key <= seen:
                     continue
                 seen = message.key
                 out.append(message.payload)
-            cursor[channel] = seen
+            self._seen = seen
         else:
             for message in messages:
                 if message is _WAKE or message.key <= cursor[message.channel]:
@@ -163,7 +182,7 @@ class Subscription:
         """The id that resumes this subscription: the message id for one channel, ``chan:id,...`` for
         several."""
         if not self.multi:
-            return format_id(self.cursor[self.channels[0]])
+            return format_id(self._seen)
         return ",".join(f"{channel}:{format_id(self.cursor[channel])}" for channel in self.channels)
 
     def wake(self) -> None:
@@ -183,16 +202,17 @@ class Subscription:
     # -- set-up, by the hub -------------------------------------------------------------------------------------
 
     def begin_channel(self, channel: str, position: Key, replay: list[Message], reset: str | None,
-              missed: int | None, last_event_id: str | None) -> None:
+                      missed: int | None, last_event_id: str | None) -> None:
         """Record where ``channel`` starts for this subscriber, and what it must be sent first."""
         if reset is not None:
-            self.cursor[channel] = ORIGIN
+            position = ORIGIN
             info = {"channel": channel, "reason": reset, "last_event_id": last_event_id, "missed": missed,
                     "replayed": len(replay)}
             self.preamble.append(("event: reset\ndata: " + json.dumps(info, separators=(",", ":")) + "\n\n")
                                  .encode())
-        else:
-            self.cursor[channel] = position
+        self.cursor[channel] = position
+        if not self.multi:
+            self._seen = position
         self.backlog.extend(replay)
 
     def finish_setup(self, sort: bool) -> None:
