@@ -104,10 +104,11 @@ SETTLE = 1.0  # seconds between "all subscribers ready" and the measurement
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 ROVER = "rover_stream"
+ROVER_REDIS = "rover_stream redis x2"  # two gevent workers sharing the hub through Redis
 HANDWRITTEN = "handwritten gevent"
 FASTAPI = "fastapi sse-starlette"
 FLASKSSE = "flask-sse"
-SYSTEMS = (ROVER, HANDWRITTEN, FASTAPI, FLASKSSE)
+SYSTEMS = (ROVER, ROVER_REDIS, HANDWRITTEN, FASTAPI, FLASKSSE)
 PEER_SYSTEMS = (HANDWRITTEN, FASTAPI, FLASKSSE)
 SCENARIOS = ("burst", "steady", "idle")
 
@@ -119,6 +120,9 @@ BURST_CPU_RATIO = 0.5  # rover CPU/delivery <= 0.5 x best peer
 BURST_RATE_RATIO = 2.0  # rover deliveries/s >= 2 x best peer
 STEADY_P99_MS = 20.0
 IDLE_KB = 10.0  # kB = 1000 bytes
+# The targets of the Redis issue (burst deliveries/s of ROVER_REDIS)
+REDIS_VS_ROVER = 1.5
+REDIS_VS_FLASKSSE = 5.0
 
 
 class Unavailable(Exception):
@@ -397,6 +401,22 @@ def start_rover(env: Env) -> System:
     return System(ROVER, [proc], port, f"/realtime/{CHANNEL}", "block")
 
 
+def start_rover_redis(env: Env) -> System:
+    redis_proc, redis_port = start_redis(env)
+    try:
+        environ = base_env()
+        environ.update({"ROVER_LOG_LEVEL": "info", "ROVER_WORKERS": "2",
+                        "ROVER_REDIS_URL": f"redis://{LOOPBACK}:{redis_port}/0",
+                        "ROVER_HEARTBEAT_INTERVAL": f"{env.heartbeat:g}",
+                        "ROVER_WORKER_CONNECTIONS": str(env.worker_connections), **env.rover_env})
+        proc, port = start_gunicorn(ROVER_REDIS, sys.executable, GUNICORN_CONF, ROOT, "wsgi:app", environ,
+                                    env.work)
+    except BaseException:
+        redis_proc.stop()
+        raise
+    return System(ROVER_REDIS, [redis_proc, proc], port, f"/realtime/{CHANNEL}", "block")
+
+
 def peer_env(env: Env) -> dict[str, str]:
     environ = base_env()
     environ.update({"BENCH_HEARTBEAT_INTERVAL": f"{env.heartbeat:g}",
@@ -463,7 +483,8 @@ def start_flasksse(env: Env) -> System:
 
 
 STARTERS: dict[str, Callable[[Env], System]] = {
-    ROVER: start_rover, HANDWRITTEN: start_handwritten, FASTAPI: start_fastapi, FLASKSSE: start_flasksse,
+    ROVER: start_rover, ROVER_REDIS: start_rover_redis, HANDWRITTEN: start_handwritten, FASTAPI: start_fastapi,
+    FLASKSSE: start_flasksse,
 }
 
 
@@ -637,7 +658,7 @@ def measure(system_name: str, scenario: Scenario, env: Env, args: argparse.Names
         load.expect("reset", 30)
         cpu_before = system.cpu()
         start_at = time.monotonic() + 0.3
-        if args.py_spy and system_name == ROVER:
+        if args.py_spy and system_name in (ROVER, ROVER_REDIS):
             profiler = start_profiler(system, scenario, start_at)
         published = run_publisher(system, scenario.mode, scenario.duration, scenario.rate, scenario.connections,
                                   args.payload, start_at, run_dir, args.max_lag)
@@ -899,7 +920,12 @@ def verdicts(runs: list[dict[str, Any]], scenarios: Sequence[str]) -> list[dict[
                 if key in bests and bests[key][0] != "-" and bests[key][1]:
                     row["ratio"] = f"x{figure.median / bests[key][1]:.2f} ({bests[key][0]})"
                     row["ratio_value"] = figure.median / bests[key][1]
-                if system == ROVER:
+                if system == ROVER_REDIS:
+                    target, passed = redis_target(runs, scenario, key, figure.median, delivered_ok)
+                    if target:
+                        row["target"] = target
+                        row["result"] = "PASS" if passed else "MISS"
+                elif system == ROVER:
                     target, passed = rover_target(scenario, key, figure.median, bests, delivered_ok)
                     if target and key in bests and bests[key][0] == "-" and target.endswith("best peer"):
                         row["target"] = target + " (no peer measured)"
@@ -943,6 +969,25 @@ def rover_target(scenario: str, key: str, value: float, bests: dict[str, tuple[s
     if key == "delivered":
         return "all, every run", delivered_ok
     return "", True
+
+
+def redis_target(runs: list[dict[str, Any]], scenario: str, key: str, value: float,
+                 delivered_ok: bool) -> tuple[str, bool]:
+    """Two workers on Redis against one in-process worker and against flask-sse, in burst deliveries/s."""
+    if key == "delivered":
+        return "all, every run", delivered_ok
+    if scenario != "burst" or key != "deliveries_per_second":
+        return "", True
+    one = collect(runs, scenario, ROVER, key)
+    flasksse = collect(runs, scenario, FLASKSSE, key)
+    parts, passed = [], True
+    if one.values:
+        parts.append(f">= x{REDIS_VS_ROVER:g} {ROVER} ({value / one.median:.2f})")
+        passed &= value >= REDIS_VS_ROVER * one.median
+    if flasksse.values:
+        parts.append(f">= x{REDIS_VS_FLASKSSE:g} flask-sse ({value / flasksse.median:.2f})")
+        passed &= value >= REDIS_VS_FLASKSSE * flasksse.median
+    return ("; ".join(parts), passed) if parts else ("needs rover_stream or flask-sse in the run", False)
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -1049,7 +1094,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)
 
     venv_python = ensure_venv(args.skip_install) if set(systems) & set(PEER_SYSTEMS) else Path(sys.executable)
-    redis_server = ensure_redis(args.skip_install) if FLASKSSE in systems else None
+    redis_server = ensure_redis(args.skip_install) if FLASKSSE in systems or ROVER_REDIS in systems else None
     scenario_names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     scenarios = scenarios_from(args)
     work = Path(tempfile.mkdtemp(prefix="fanout-"))

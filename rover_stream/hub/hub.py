@@ -88,20 +88,24 @@ class Hub:
             cooperate()
         return PublishResult(message, reached)
 
-    def deliver(self, message: Message) -> int:
-        """Queue a message that a remote engine's reader received for this process's subscribers."""
-        with self._lock:
-            found = self._channels.get(message.channel)
-            if found is None:
-                return 0
-            reached, dropped = self._deliver(found, message)
-        for subscription in dropped:
-            signals.emit(signals.subscriber_dropped, self, subscription=subscription, channel=message.channel,
-                         policy=self.policy, dropped=subscription.lost)
-        if self.crowded:
-            self.crowded = False
-            cooperate()
-        return reached
+    def deliver(self, messages: list[Message]) -> int:
+        """Queue messages of one channel that a remote engine's reader received, in order, for this
+        process's subscribers. Returns the deliveries made."""
+        total = 0
+        for message in messages:
+            with self._lock:
+                found = self._channels.get(message.channel)
+                if found is None:
+                    return total
+                reached, dropped = self._deliver(found, message)
+            total += reached
+            for subscription in dropped:
+                signals.emit(signals.subscriber_dropped, self, subscription=subscription,
+                             channel=message.channel, policy=self.policy, dropped=subscription.lost)
+            if self.crowded:
+                self.crowded = False
+                cooperate()
+        return total
 
     def _deliver(self, channel: Channel, message: Message) -> tuple[int, tuple[Subscription, ...]]:
         """Queue ``message`` for the channel's subscribers (lock held). Returns how many took it, and those

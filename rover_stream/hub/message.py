@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ..wire.sse import encode
@@ -28,17 +29,26 @@ class Message:
     """One event of one channel. ``payload`` is its complete SSE block (``id:``, ``event:``, ``data:``
     lines), built once and written to every single-channel subscriber as is."""
 
-    __slots__ = ("channel", "id", "key", "event", "data", "time", "payload", "_wrapped")
+    __slots__ = ("channel", "id", "key", "event", "_data", "_data_json", "time", "payload", "_wrapped")
 
-    def __init__(self, channel: str, key: Key, event: str | None, data: Any, body: bytes, time: float) -> None:
+    def __init__(self, channel: str, key: Key, event: str | None, data: Any, body: bytes, time: float,
+                 data_json: bytes | None = None) -> None:
         self.channel = channel
         self.key = key
         self.id = format_id(key)
         self.event = event
-        self.data = data
+        self._data = data
+        self._data_json = data_json  # given instead of data by engines that store JSON: parsed on first use
         self.time = time
         self.payload = b"id: " + self.id.encode() + b"\n" + body
         self._wrapped: bytes | None = None
+
+    @property
+    def data(self) -> Any:
+        if self._data_json is not None:
+            self._data = json.loads(self._data_json)
+            self._data_json = None
+        return self._data
 
     def wrapped(self) -> bytes:
         """The block for multi-channel connections, without its ``id:`` line (each subscriber adds its own

@@ -43,6 +43,8 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
 COUNT_REFRESH = 5.0
 #: Redis connections per worker for publishing and history (the reader has its own).
 POOL_SIZE = 8
+#: Seconds between refreshes of a channel's stream expiry and subscriber count when publishing.
+REFRESH_EVERY = 1.0
 
 
 class RedisEngine:
@@ -82,6 +84,8 @@ class RedisEngine:
         self._synced: set[str] = set()  # channels whose count this worker has written to Redis
         self._counts_dirty = threading.Event()
         self._control = f"{self.prefix}ctl:{self.worker_id}"
+        self._refreshed: dict[str, float] = {}  # channel -> when its expiry and count were last refreshed
+        self._subscribers: dict[str, int] = {}  # channel -> subscribers in all workers, as last read
         self._reader = spawn(self._read_forever, name="rover-stream-redis-reader")
         self._syncer = spawn(self._sync_counts_forever, name="rover-stream-redis-counts")
 
@@ -107,26 +111,33 @@ class RedisEngine:
         data_json = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
         fields: dict[str, Any] = {"b": body, "d": data_json, "e": event or ""}
         key = self._key(channel)
+        now = time.monotonic()
+        # The stream's expiry and the subscriber count are refreshed once a second per channel, not per event.
+        refresh = self._refreshed.get(channel, 0.0) + REFRESH_EVERY <= now
         try:
             with self._redis.pipeline(transaction=False) as pipe:
                 if self.history_size:
                     pipe.xadd(key, fields, maxlen=self.history_size, approximate=True)
                 else:
                     pipe.xadd(key, fields, maxlen=1, approximate=False)
-                pipe.expire(key, max(1, int(self.history_ttl)))
-                pipe.hgetall(f"{self.prefix}subs:{channel}")
-                stream_id, _, counts = pipe.execute()
+                if refresh:
+                    pipe.expire(key, max(1, int(self.history_ttl)))
+                    pipe.hgetall(f"{self.prefix}subs:{channel}")
+                answers = pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unavailable(exc) from None
         self.connected = True
-        message = self._message(channel, stream_id, fields["b"], fields["d"].encode(), (event or "").encode())
-        return message, _sum_counts(counts)
+        if refresh:
+            self._refreshed[channel] = now
+            self._subscribers[channel] = _sum_counts(answers[2])
+        message = self._message(channel, answers[0], fields["b"], data_json.encode(), (event or "").encode())
+        return message, self._subscribers.get(channel, 0)
 
     def _message(self, channel: str, stream_id: bytes | str, body: bytes, data: bytes, event: bytes) -> Message:
         text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
         key = parse_id(text)
         assert key is not None, text
-        return Message(channel, key, event.decode() or None, json.loads(data), body, key[0] / 1000)
+        return Message(channel, key, event.decode() or None, None, body, key[0] / 1000, data_json=data)
 
     # -- subscribing -----------------------------------------------------------------------------------------
 
@@ -230,12 +241,12 @@ class RedisEngine:
                     control_position = entries[-1][0]
                     continue
                 channel = name[len(self.prefix) + 3:]
-                for stream_id, fields in entries:
-                    message = self._message(channel, stream_id, fields[b"b"], fields[b"d"], fields.get(b"e", b""))
-                    if channel in self._positions:
-                        self._positions[channel] = message.key
-                    self.reads += 1
-                    self.hub.deliver(message)
+                messages = [self._message(channel, stream_id, fields[b"b"], fields[b"d"], fields.get(b"e", b""))
+                            for stream_id, fields in entries]
+                if channel in self._positions:
+                    self._positions[channel] = messages[-1].key
+                self.reads += len(messages)
+                self.hub.deliver(messages)
 
     def _sync_counts_forever(self) -> None:
         """Keep this worker's subscriber counts in Redis: at once after a change, and every few seconds."""
