@@ -57,3 +57,14 @@ def test_help_lists_serve() -> None:
     proc = run_cli("--help", stdout=subprocess.PIPE)
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0 and b"serve" in out
+
+
+def test_an_open_server_refuses_to_listen_beyond_loopback(tmp_path: Path) -> None:
+    """Without ROVER_SECRET_KEY, binding 0.0.0.0 stops the start-up (before any socket is bound)."""
+    env = {**os.environ, "ROVER_BIND": "0.0.0.0:0"}
+    env.pop("ROVER_SECRET_KEY", None)
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+                            cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode != 0
+    assert "Refusing to listen on 0.0.0.0:0 without ROVER_SECRET_KEY" in result.stdout + result.stderr
