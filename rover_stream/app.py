@@ -28,8 +28,10 @@ def init_app(app: Flask, config: Mapping[str, Any] | None = None) -> None:
     register_error_handlers(app)
     app.add_url_rule("/health", "health", _health)
     from .api import api
+    from .rooms import init_rooms
 
     app.register_blueprint(api)
+    init_rooms(app)
 
 
 def _health() -> Any:

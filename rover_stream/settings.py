@@ -139,6 +139,18 @@ def _redis_url(raw: Any) -> str:
     return text
 
 
+def _origins(raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, (list, tuple)):
+        items = [str(item).strip() for item in raw]
+    else:
+        items = [item.strip() for item in str(raw).split(",")]
+    items = [item.rstrip("/") for item in items if item]
+    for item in items:
+        if item != "*" and not re.match(r"^https?://[^/\s]+$", item):
+            raise ValueError
+    return tuple(items)
+
+
 def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def parse_optional(raw: Any) -> Any:
         if raw is None or (isinstance(raw, str) and raw.strip() in ("", "auto")):
@@ -237,6 +249,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("REDIS_TIMEOUT", _seconds(), 2.0,
             "Seconds a Redis command may take before publishing answers 503 instead of hanging.",
             "a number of seconds > 0"),
+    # WebSocket rooms
+    Setting("WS_PING_INTERVAL", _seconds(), 25.0,
+            "Seconds between the server's WebSocket pings; a client that misses a pong is closed.",
+            "a number of seconds > 0"),
+    Setting("WS_MAX_MESSAGE_BYTES", _integer(128, 64 * 1024 * 1024), 1024 * 1024,
+            "Largest WebSocket message a client may send (close 1009 beyond).", "an integer from 128 to 67108864"),
+    Setting("WS_MESSAGE_RATE", _seconds(), 20.0,
+            "Messages a second one connection may send, in bursts of twice that (close 1008 beyond).",
+            "a number > 0"),
+    Setting("WS_IDLE_TIMEOUT", _seconds(), 600.0,
+            "Seconds without a message from the client before its connection is closed (1008).",
+            "a number of seconds > 0"),
+    Setting("WS_ALLOWED_ORIGINS", _origins, (),
+            "Browser origins, besides the server's own, that may open room WebSockets (comma-separated, or *).",
+            "comma-separated origins such as https://example.org, or *"),
+    Setting("ROOM_MAX_MEMBERS", _integer(1, 1_000_000), 1000,
+            "Members one room may have in one worker (503 room_full beyond).", "an integer from 1 to 1000000"),
+    Setting("ROOM_HISTORY", _integer(0, 10_000), 20,
+            "Messages a member is sent when it joins a room.", "an integer from 0 to 10000"),
     # Demo and files
     Setting("UPLOADS_DIR", _text, "uploads",
             "Folder served by GET /download/<filename> (relative paths are relative to the working directory).",

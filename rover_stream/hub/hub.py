@@ -137,9 +137,11 @@ class Hub:
 
     # -- subscribing ------------------------------------------------------------------------------------------
 
-    def subscribe(self, channels: str | list[str] | tuple[str, ...], last_event_id: str | None = None) -> Subscription:
+    def subscribe(self, channels: str | list[str] | tuple[str, ...], last_event_id: str | None = None,
+                  format: str = "sse") -> Subscription:
         """Subscribe to one channel or several. With ``last_event_id`` (what the client last saw, as sent in
-        ``Last-Event-ID``) the subscription first replays what was missed."""
+        ``Last-Event-ID``) the subscription first replays what was missed. ``format="ws"`` renders WebSocket
+        frames (for room members) instead of SSE blocks."""
         names = (channels,) if isinstance(channels, str) else tuple(dict.fromkeys(channels))
         if not names:
             raise ApiError("Subscribe to at least one channel.", code="invalid_channel")
@@ -149,7 +151,7 @@ class Hub:
         for name in names:
             validate_channel(name)
         positions = _positions(names, last_event_id)
-        subscription = Subscription(self, names, self.queue_size, self.policy)
+        subscription = Subscription(self, names, self.queue_size, self.policy, format)
         resets: list[tuple[str, str, int | None]] = []
         # A remote engine's head is read before joining the channel, its history after: whatever is
         # published in between arrives both ways, and the subscription's cursor drops the second copy.

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from ..wire.sse import encode
+from ..wire.websocket import text_frame
 
 Key = tuple[int, int]
 """An id as a comparable pair: ``"1795263245123-17"`` is ``(1795263245123, 17)``."""
@@ -29,7 +30,8 @@ class Message:
     """One event of one channel. ``payload`` is its complete SSE block (``id:``, ``event:``, ``data:``
     lines), built once and written to every single-channel subscriber as is."""
 
-    __slots__ = ("channel", "id", "key", "event", "_data", "_data_json", "time", "payload", "_wrapped")
+    __slots__ = ("channel", "id", "key", "event", "_data", "_data_json", "time", "payload", "_wrapped",
+                 "_ws_frame")
 
     def __init__(self, channel: str, key: Key, event: str | None, data: Any, body: bytes, time: float,
                  data_json: bytes | None = None) -> None:
@@ -42,6 +44,7 @@ class Message:
         self.time = time
         self.payload = b"id: " + self.id.encode() + b"\n" + body
         self._wrapped: bytes | None = None
+        self._ws_frame: bytes | None = None
 
     @property
     def data(self) -> Any:
@@ -56,6 +59,16 @@ class Message:
         if self._wrapped is None:
             self._wrapped = encode({"channel": self.channel, "data": self.data}, event=self.event)
         return self._wrapped
+
+    def ws_frame(self) -> bytes:
+        """The WebSocket text frame for room members: the data (a JSON object) with the message's id added.
+        Built once, on first use, and written to every member as is."""
+        if self._ws_frame is None:
+            data = self.data
+            frame = {**data, "id": self.id} if isinstance(data, dict) else {"type": "message", "data": data,
+                                                                             "id": self.id}
+            self._ws_frame = text_frame(json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode())
+        return self._ws_frame
 
     def __repr__(self) -> str:
         return f"<Message {self.channel}/{self.id} event={self.event!r}>"

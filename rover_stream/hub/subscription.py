@@ -41,11 +41,13 @@ REPLAY_BATCH = 256
 class Subscription:
     """Created by :meth:`Hub.subscribe`; pass it to :func:`rover_stream.sse_response`."""
 
-    def __init__(self, hub: Hub, channels: tuple[str, ...], queue_size: int, policy: str) -> None:
+    def __init__(self, hub: Hub, channels: tuple[str, ...], queue_size: int, policy: str,
+                 format: str = "sse") -> None:
         self.id = next(_ids)
         self.hub = hub
         self.channels = channels
         self.multi = len(channels) > 1
+        self.websocket = format == "ws"  # frames for a WebSocket room member instead of SSE blocks
         self._seen: Key = ORIGIN  # the cursor of a single-channel subscription (``cursor`` for several)
         self.policy = policy
         self.queue: queue.Queue[Any] = queue.Queue(queue_size)
@@ -105,7 +107,8 @@ class Subscription:
     def take_nowait(self) -> list[bytes]:
         """What is ready now (preamble, a batch of replay, everything queued), rendered; raises FeedEnded
         once the hub has let go of this subscriber or it was closed."""
-        if not (self.preamble or self.backlog or self.multi or self.dropped is not None or self.closed):
+        if not (self.preamble or self.backlog or self.multi or self.websocket or self.dropped is not None
+                or self.closed):
             # The hot path: one channel, live events only.
             queue_ = self.queue
             count = queue_.qsize()
@@ -161,7 +164,15 @@ class Subscription:
     def _render(self, messages: Iterable[Any]) -> list[bytes]:
         out: list[bytes] = []
         cursor = self.cursor
-        if not self.multi:
+        if self.websocket:
+            seen = self._seen
+            for message in messages:
+                if message is _WAKE or message.key <= seen:
+                    continue
+                seen = message.key
+                out.append(message.ws_frame())
+            self._seen = seen
+        elif not self.multi:
             seen = self._seen
             for message in messages:
                 if message is _WAKE or message.key <= seen:
@@ -219,7 +230,8 @@ class Subscription:
         if sort:  # several channels replayed: interleave them in publication order
             self.backlog = deque(sorted(self.backlog, key=lambda m: m.time))
         # The position block comes first: it sets the client's last event id without dispatching.
-        self.preamble.insert(0, ("id: " + self.cursor_text() + "\n\n").encode())
+        if not self.websocket:
+            self.preamble.insert(0, ("id: " + self.cursor_text() + "\n\n").encode())
 
     def __repr__(self) -> str:
         return f"<Subscription {self.id} {','.join(self.channels)}>"
