@@ -235,7 +235,12 @@ def _origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
     if "*" in allowed or origin in allowed:
         return True
     parts = urlsplit(origin)
-    return parts.netloc == request.host and parts.scheme in ("http", "https")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return False
+    host = urlsplit("//" + request.host)
+    # Same origin: same host name, and the same port when the Host header names one (some clients leave
+    # the port out of Host; browsers never do for a non-default port).
+    return parts.hostname == host.hostname and (host.port is None or parts.port == host.port)
 
 
 def _user_name() -> str:

@@ -102,3 +102,11 @@ def tail() -> Any:
         threading.Event().wait()
 
     return rs.StreamingResponse(generate(), content_type="text/plain")
+
+
+@app.post("/test/room-broadcast/<room>")
+def room_broadcast(room: str) -> Any:
+    """Publish a message of ``size`` characters into a room (larger than clients may send)."""
+    size = int(request.args.get("size", "10"))
+    result = rs.publish(f"room.{room}", {"type": "message", "room": room, "user": "server", "text": "z" * size})
+    return jsonify(id=result.message.id, subscribers=result.subscribers)
