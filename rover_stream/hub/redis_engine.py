@@ -214,7 +214,7 @@ class RedisEngine:
         import redis
 
         backoff = BACKOFF_FIRST
-        control_position = b"$"
+        control_position = b"0-0"  # not "$": a wake-up sent before the first XREAD must not be missed
         while True:
             streams: dict[Any, Any] = {self._control: control_position}
             for channel in [c for c in self._positions if c not in self._local]:
