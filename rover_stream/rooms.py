@@ -54,6 +54,8 @@ ROOM_PREFIX = "room."
 FRAME_TYPES = ("message", "join", "leave", "presence", "history", "error")
 MAX_USER_LENGTH = 64
 MAX_TEXT_LENGTH = 4000
+#: Seconds a closing connection waits for the client's end after our close frame.
+LINGER = 1.0
 #: Close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_LATER = 1000, 1001, 1008, 1009, 1013
 
@@ -165,10 +167,25 @@ class Member:
                     self.close(CLOSE_GOING_AWAY, "server shutting down")
             if self._closing:
                 sock.sendall(self._closing)
+                self._linger(sock)
         except OSError:
             pass  # the client went away, or SEND_TIMEOUT passed without progress
         finally:
             self._done.set()
+
+    @staticmethod
+    def _linger(sock: Any) -> None:
+        """After our close frame: end our side, and read what the client still sends until it closes.
+        Closing a socket with unread input makes the kernel send a reset, which can destroy the close
+        frame before the client reads it (a client flooding us would see 1006 instead of 1009)."""
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER
+        sock.settimeout(LINGER)
+        try:
+            while time.monotonic() < deadline and sock.recv(65536):
+                pass
+        except Exception:  # noqa: BLE001  -- gone, timed out, or simple-websocket's reader still reading
+            pass
 
     def send_raw(self, frame: bytes) -> None:
         """A frame from simple-websocket (pong, close): written next by the writer."""
