@@ -75,7 +75,7 @@ class ParkedStream:
     __slots__ = ("lot", "body", "subscription", "fd", "unsent", "dirty", "probes", "last_write",
                  "blocked_since", "write_watcher", "stop_read_watch", "closed", "__weakref__")
 
-    def __init__(self, lot: ParkingLot, body: EventStreamBody, sock: Any, head: bytes) -> None:
+    def __init__(self, lot: ParkingLot, body: Any, sock: Any, head: bytes, watch_eof: bool = True) -> None:
         self.lot = lot
         self.body = body
         self.subscription = body.feed
@@ -88,7 +88,7 @@ class ParkedStream:
         self.blocked_since = 0.0
         self.write_watcher: Any = None
         self.closed = False
-        self.stop_read_watch = on_peer_close(sock, self._on_peer_eof)
+        self.stop_read_watch = on_peer_close(sock, self._on_peer_eof) if watch_eof else None
         self.subscription.notify = functools.partial(lot.mark, self)  # type: ignore[attr-defined]
 
     # -- called from the hub or the event loop: never block ----------------------------------------------------
@@ -123,8 +123,9 @@ class ParkedStream:
             return
         if parts:
             self._write(parts[0] if len(parts) == 1 else b"".join(parts), now)
-            if self.subscription.backlog and not self.unsent:  # type: ignore[attr-defined]
-                self.lot.mark(self)  # more replay to write: come back after the others had their turn
+            subscription: Any = self.subscription
+            if not self.unsent and (subscription.backlog or subscription.preamble or subscription.queue.qsize()):
+                self.lot.mark(self)  # more to write (replay, queued events): after the others had their turn
 
     def heartbeat(self, now: float, interval: float, send_timeout: float) -> None:
         if self.unsent:
@@ -201,7 +202,9 @@ class ParkingLot:
         self._writer: Any = None
 
     def park(self, body: EventStreamBody, sock: Any, head: bytes) -> ParkedStream:
-        stream = ParkedStream(self, body, sock, head)
+        return self.add(ParkedStream(self, body, sock, head))
+
+    def add(self, stream: ParkedStream) -> ParkedStream:
         self.streams.add(stream)
         if self._writer is None or self._writer.dead:
             import gevent

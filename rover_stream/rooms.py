@@ -17,10 +17,13 @@ A client sends ``{"text": "..."}`` (or ``{"type": "message", "text": "..."}``), 
 ``wscat`` does. The user name comes from the ``user`` query parameter (or the token's subject).
 
 **One writer per connection.** Broadcasts never touch a member's socket: they only queue the message in the
-member's bounded hub queue (its subscription). One writer greenlet per connection writes everything --
-its frames, and simple-websocket's pongs and close frames, which are routed to it -- with ``sendall``, so
-frames are never interleaved nor truncated (pitfalls 7 and 8). A member whose queue fills up is dropped by
-the hub's slow-client policy and closed with 1013; the room goes on.
+member's bounded hub queue (its subscription). The member's connection is written by one writer only --
+the worker's parking-lot writer, as for parked SSE streams (see :mod:`rover_stream.parked`) -- which writes
+its frames, its pings, and simple-websocket's pongs and close frames (routed to it), with non-blocking
+writes that keep what the socket does not take: frames are never interleaved nor truncated (pitfalls 7
+and 8). A member whose queue fills up is dropped by the hub's slow-client policy and closed with 1013; the
+room goes on. The connection's own greenlet runs simple-websocket's receive loop and publishes what
+arrives: one greenlet per member.
 
 Close codes: 1000 normal, 1001 server shutting down, 1008 policy (message rate, idle timeout, bad frame),
 1009 message too big, 1013 too slow (queue full) or room full.
@@ -30,21 +33,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
+import gevent
 from flask import Blueprint, Flask, current_app, jsonify, request
 from flask_sock import Sock
 
 from .auth import require
-from .concurrency import spawn
 from .errors import ApiError
 from .hub import Subscription, validate_channel
 from .hub.names import is_private
-from .pipe import FeedEnded
+from .parked import ParkedStream
 from .runtime import StreamRuntime, get_runtime
 from .wire.websocket import close_frame, text_frame
 
@@ -55,7 +59,7 @@ FRAME_TYPES = ("message", "join", "leave", "presence", "history", "error")
 MAX_USER_LENGTH = 64
 MAX_TEXT_LENGTH = 4000
 #: Seconds a closing connection waits for the client's end after our close frame.
-LINGER = 1.0
+LINGER = 5.0
 #: Close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_LATER = 1000, 1001, 1008, 1009, 1013
 
@@ -87,6 +91,18 @@ class Presence:
         return sorted(self.rooms.get(room, {}).values())
 
 
+class InlineThread:
+    """Given to simple-websocket as its thread class: its receive loop is not started in a thread of its
+    own but run by the connection's greenlet (:func:`comms`), so a member costs one greenlet, not two."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self.name = "rover-stream-ws-reader"
+
+    def start(self) -> None:
+        pass
+
+
 class OutboundSocket:
     """Stands in for the connection's socket inside simple-websocket: receiving reads the real socket;
     sending (pongs, close frames) is handed to the member's writer, the only one that writes."""
@@ -108,112 +124,140 @@ class OutboundSocket:
         return self._sock.fileno()  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        self._member.reader_closed()
+        pass  # the member ends the connection (close frame, then linger) once its writer is done
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
 
+class InputEvent:
+    """Stands in for simple-websocket's event: a message that arrived is handled at once."""
+
+    def __init__(self, on_input: Any) -> None:
+        self._on_input = on_input
+
+    def set(self) -> None:
+        self._on_input()
+
+    def clear(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return True
+
+
+PING_FRAME = b"\x89\x00"
+
+
+class StopReading(Exception):
+    """Thrown into a member's receive loop to end it (close, shutdown, writer gave up)."""
+
+
+class ParkedMember(ParkedStream):
+    """A member's connection in the worker's parking lot: the shared writer writes its frames, sends its
+    pings and notices a missing pong."""
+
+    __slots__ = ("member", "last_ping")
+
+    def __init__(self, lot: Any, member: Member, sock: Any) -> None:
+        super().__init__(lot, member, sock, b"", watch_eof=False)
+        self.member = member
+        self.last_ping = time.monotonic()
+
+    def flush(self, now: float) -> None:
+        super().flush(now)
+        member = self.member
+        if member.closing and not self.unsent and not self.subscription.preamble:  # type: ignore[attr-defined]
+            member.written.set()  # the close frame is out
+
+    def heartbeat(self, now: float, interval: float, send_timeout: float) -> None:
+        member = self.member
+        if self.unsent:
+            super().heartbeat(now, interval, send_timeout)
+        elif now - self.last_ping >= member.ping_interval:
+            if not member.ws.pong_received:
+                member.close(CLOSE_POLICY, "no pong to the last ping")
+                return
+            member.ws.pong_received = False
+            self.last_ping = now
+            self._write(PING_FRAME, now)
+
+    def close(self, reason: str) -> None:
+        member = self.member
+        if reason == "slow_client" and not member.closing and not self.closed:
+            member.closing = True
+            member.close_code = CLOSE_TRY_LATER
+            try:  # best effort: a socket that takes nothing more cannot carry it either
+                os.write(self.fd, close_frame(CLOSE_TRY_LATER, "too slow: messages were piling up"))
+            except OSError:
+                pass
+        super().close(reason)
+        member.written.set()
+
+
 class Member:
-    """One WebSocket connection in one room: its subscription (the bounded outbound queue), its writer,
-    its limits. Registered with the runtime like a stream (stream cap, shutdown, counters)."""
+    """One WebSocket connection in one room: its subscription (the bounded outbound queue), its limits.
+    Registered with the runtime like a stream (stream cap, shutdown, counters)."""
 
     kind = "websocket"
 
-    def __init__(self, runtime: StreamRuntime, ws: Any, room: str, user: str, sock: Any) -> None:
+    def __init__(self, runtime: StreamRuntime, ws: Any, room: str, user: str) -> None:
         settings = runtime.settings
         self.runtime = runtime
         self.ws = ws
         self.room = room
         self.user = user
-        self.sock = sock
         self.bytes_sent = 0
         self.handed_over = True
         self._opened_at = time.monotonic()
-        self._done = threading.Event()
-        self._closing: bytes | None = None
+        self.written = threading.Event()
+        self.closing = False
         self.close_code: int | None = None
+        self.end_reason = "disconnect"
+        self.ping_interval: float = settings["WS_PING_INTERVAL"]
         self._rate = settings["WS_MESSAGE_RATE"]
         self._allowance = float(self._rate * 2)  # a burst of twice the rate is fine
         self._last_message = time.monotonic()
-        hub = runtime.hub
-        self.subscription: Subscription = hub.subscribe(room_channel(room), format="ws")
-        self.id = self.subscription.id
+        self.feed: Subscription = runtime.hub.subscribe(room_channel(room), format="ws")
+        self.id = self.feed.id
+        self.parked: ParkedMember | None = None
+        self.reader: Any = gevent.getcurrent()  # the connection's greenlet, which runs the receive loop
         runtime.admit(self)  # type: ignore[arg-type]
 
     @property
     def duration(self) -> float:
         return time.monotonic() - self._opened_at
 
-    # -- writing: one writer greenlet per connection ----------------------------------------------------------
-
-    def run_writer(self) -> None:
-        take = self.subscription.take
-        sock = self.sock
-        try:
-            while self._closing is None:
-                try:
-                    parts = take(1.0)
-                except FeedEnded:
-                    if self.subscription.dropped is not None:
-                        self.close(CLOSE_TRY_LATER, "too slow: messages were piling up")
-                        continue
-                    break
-                if parts:
-                    data = parts[0] if len(parts) == 1 else b"".join(parts)
-                    sock.sendall(data)
-                    self.bytes_sent += len(data)
-                if self.runtime.shutting_down and self._closing is None:
-                    self.close(CLOSE_GOING_AWAY, "server shutting down")
-            if self._closing:
-                sock.sendall(self._closing)
-                self._linger(sock)
-        except OSError:
-            pass  # the client went away, or SEND_TIMEOUT passed without progress
-        finally:
-            self._done.set()
-
-    @staticmethod
-    def _linger(sock: Any) -> None:
-        """After our close frame: end our side, and read what the client still sends until it closes.
-        Closing a socket with unread input makes the kernel send a reset, which can destroy the close
-        frame before the client reads it (a client flooding us would see 1006 instead of 1009)."""
-        sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + LINGER
-        sock.settimeout(LINGER)
-        try:
-            while time.monotonic() < deadline and sock.recv(65536):
-                pass
-        except Exception:  # noqa: BLE001  -- gone, timed out, or simple-websocket's reader still reading
-            pass
-
-    def send_raw(self, frame: bytes) -> None:
-        """A frame from simple-websocket (pong, close): written next by the writer."""
-        if frame[:1] == b"\x88":  # a close frame: the last one
-            if self._closing is None:
-                self._closing = frame
-        else:
-            self.subscription.preamble.append(frame)
-        self.subscription.wake()
+    def _queue(self, frame: bytes) -> None:
+        self.feed.preamble.append(frame)
+        self.feed.wake()
 
     def send_frame(self, obj: dict[str, Any]) -> None:
-        self.subscription.preamble.append(text_frame(json.dumps(obj, separators=(",", ":")).encode()))
-        self.subscription.wake()
+        self._queue(text_frame(json.dumps(obj, separators=(",", ":")).encode()))
+
+    def send_raw(self, frame: bytes) -> None:
+        """A frame from simple-websocket (a pong, a close): written next."""
+        if frame[:1] == b"\x88":
+            if self.closing:
+                return
+            self.closing = True
+            self.close_code = int.from_bytes(frame[2:4], "big") if len(frame) >= 4 else None
+        self._queue(frame)
 
     def close(self, code: int, reason: str = "") -> None:
-        if self._closing is None:
+        """Send a close frame (after what is queued for writing first) and stop reading."""
+        if not self.closing:
+            self.closing = True
             self.close_code = code
-            self._closing = close_frame(code, reason)
-            self.subscription.wake()
-        self.ws.connected = False  # the handler stops reading
-        self.ws.event.set()
+            self._queue(close_frame(code, reason))
+        self.stop_reading()
 
-    def reader_closed(self) -> None:
-        if self._closing is None:
-            self._closing = b""
-        self.subscription.wake()
-
-    # -- reading ----------------------------------------------------------------------------------------------
+    def stop_reading(self) -> None:
+        """End the receive loop: at its next turn when called from it, at once from anywhere else."""
+        self.ws.connected = False
+        reader = self.reader
+        if reader is not None and reader is not gevent.getcurrent() and not reader.dead:
+            reader.kill(StopReading, block=False)
 
     def allow_message(self) -> bool:
         """Token bucket: WS_MESSAGE_RATE messages a second, bursts of twice that."""
@@ -225,23 +269,27 @@ class Member:
         self._allowance -= 1
         return True
 
-    # -- the runtime's interface --------------------------------------------------------------------------------
+    # -- the parking lot's and the runtime's interface ----------------------------------------------------------
+
+    def close_parked(self, reason: str) -> None:
+        """The writer gave up on the connection (gone, too slow to write to)."""
+        if reason != "complete":
+            self.end_reason = reason
+        self.stop_reading()
 
     def wake(self) -> None:
+        self.end_reason = "shutdown"
         self.close(CLOSE_GOING_AWAY, "server shutting down")
 
     def force_close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        if self.parked is not None:
+            self.parked.close("shutdown")
 
-    def finish(self, reason: str) -> None:
-        self.subscription.close()
-        self.runtime.release(self, reason)  # type: ignore[arg-type]
-
-    def wait_written(self, timeout: float) -> None:
-        self._done.wait(timeout)
+    def finish(self) -> None:
+        if self.parked is not None:
+            self.parked.close(self.end_reason)
+        self.feed.close()
+        self.runtime.release(self, self.end_reason)  # type: ignore[arg-type]
 
 
 def _origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
@@ -290,47 +338,55 @@ def _incoming_text(raw: Any) -> str | None:
 
 
 def comms(ws: Any, team_channel: str) -> None:
-    """The room handler: join, then read this member's frames and publish them to the room."""
+    """The room handler: join, then read this member's frames (in this greenlet) and publish them."""
     runtime = get_runtime()
+    settings = runtime.settings
     hub = runtime.hub
     room = team_channel
-    user = request.environ["rover_stream.room_user"]
-    member = Member(runtime, ws, room, user, request.environ["gunicorn.socket"])
-    ws.sock = OutboundSocket(member.sock, member)
-    presence: Presence = current_app.extensions["rover_stream_presence"]
     channel = room_channel(room)
-    history = [m.data for m in hub.history(channel)[-runtime.settings["ROOM_HISTORY"]:]
+    user = request.environ["rover_stream.room_user"]
+    sock = request.environ["gunicorn.socket"]
+    member = Member(runtime, ws, room, user)
+    parked = ParkedMember(runtime.parking_lot(), member, sock)
+    runtime.parking_lot().add(parked)
+    member.parked = parked
+    ws.sock = OutboundSocket(sock, member)
+    presence: Presence = current_app.extensions["rover_stream_presence"]
+
+    def on_input() -> None:
+        while ws.input_buffer:
+            raw = ws.input_buffer.pop(0)
+            if not member.allow_message():
+                member.end_reason = "rate_limited"
+                member.close(CLOSE_POLICY, "too many messages")
+                return
+            text = _incoming_text(raw)
+            if text is None:
+                member.send_frame({"type": "error", "error": "invalid_frame",
+                                   "message": f"Send text, or JSON {{\"text\": ...}} of at most "
+                                              f"{MAX_TEXT_LENGTH} characters."})
+                continue
+            hub.publish(channel, {"type": "message", "room": room, "user": user, "text": text,
+                                  "timestamp": time.time()}, event="message")
+
+    ws.event = InputEvent(on_input)
+    history = [m.data for m in hub.history(channel)[-settings["ROOM_HISTORY"]:]
                if isinstance(m.data, dict) and m.data.get("type") == "message"]
     member.send_frame({"type": "history", "room": room, "messages": history})
     presence.add(room, member.id, user)
     member.send_frame({"type": "presence", "room": room, "members": presence.members(room)})
-    writer = spawn(member.run_writer, name="rover-stream-ws-writer")
     hub.publish(channel, {"type": "join", "room": room, "user": user, "timestamp": time.time()}, event="join")
-    reason = "disconnect"
-    idle_timeout = runtime.settings["WS_IDLE_TIMEOUT"]
+    idle_timeout: float = settings["WS_IDLE_TIMEOUT"]
     try:
-        while True:
-            raw = ws.receive(timeout=idle_timeout)
-            if raw is None:
-                if not ws.connected:
-                    break
-                member.close(CLOSE_POLICY, "idle timeout")
-                reason = "idle"
-                break
-            if not member.allow_message():
-                member.close(CLOSE_POLICY, "too many messages")
-                reason = "rate_limited"
-                break
-            text = _incoming_text(raw)
-            if text is None:
-                member.send_frame({"type": "error", "error": "invalid_frame",
-                                   "message": f"Send text, or JSON {{\"text\": ...}} of at most {MAX_TEXT_LENGTH} "
-                                              "characters."})
-                continue
-            hub.publish(channel, {"type": "message", "room": room, "user": user, "text": text,
-                                  "timestamp": time.time()}, event="message")
-    except Exception as exc:  # ConnectionClosed and its kin
-        log.debug("websocket ended: %s", exc)
+        sock.settimeout(idle_timeout)  # the receive loop below ends after this long without a frame
+        started = time.monotonic()
+        try:
+            ws._thread()  # simple-websocket's receive loop, run here: see InlineThread
+        except StopReading:
+            pass
+        if not member.closing and time.monotonic() - max(started, member._last_message) >= idle_timeout * 0.99:
+            member.end_reason = "idle"
+            member.close(CLOSE_POLICY, "idle timeout")
     finally:
         presence.remove(room, member.id)
         try:
@@ -338,13 +394,26 @@ def comms(ws: Any, team_channel: str) -> None:
                         event="leave")
         except ApiError:
             pass
-        if member.close_code is None and ws.connected:
+        if not member.closing:
             member.close(CLOSE_NORMAL)
-        member.reader_closed()
-        member.wait_written(2.0)
-        writer.cancel()
-        member.finish("shutdown" if runtime.shutting_down else reason)
+        member.written.wait(2.0)
+        _linger(sock)
+        member.finish()
         ws.connected = False
+
+
+def _linger(sock: Any) -> None:
+    """After our close frame: end our side, and read what the client still sends until it closes.
+    Closing a socket with unread input makes the kernel send a reset, which can destroy the close frame
+    before the client reads it (a client flooding us would see 1006 instead of 1009)."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(LINGER)
+        deadline = time.monotonic() + LINGER
+        while time.monotonic() < deadline and sock.recv(65536):
+            pass
+    except OSError:
+        pass
 
 
 @rooms_api.before_app_request
@@ -382,8 +451,9 @@ def room_info(room: str) -> Any:
 def init_rooms(app: Flask) -> None:
     settings = get_runtime(app).settings
     app.config.setdefault("SOCK_SERVER_OPTIONS", {
-        "ping_interval": settings["WS_PING_INTERVAL"],
+        # Pings are sent by the parking lot's writer (ParkedMember.heartbeat), not by simple-websocket.
         "max_message_size": settings["WS_MAX_MESSAGE_BYTES"],
+        "thread_class": InlineThread,
     })
     app.extensions["rover_stream_presence"] = Presence()
     sock = Sock(app)
