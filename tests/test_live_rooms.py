@@ -214,3 +214,20 @@ def test_rooms_span_two_instances_on_redis(live_server: Any, redis_server: Any) 
     assert seen_by_ada == seen_by_grace  # one order for everyone: the stream's
     ada.close()
     grace.close()
+
+
+def test_idle_member_is_closed_1008(live_server: Any) -> None:
+    server = live_server(env={"ROVER_WS_IDLE_TIMEOUT": "1"})
+    member = joined(server, "quiet", "ada")
+    started = time.monotonic()
+    assert close_code(member, timeout=5) == 1008
+    assert 0.9 <= time.monotonic() - started < 4
+
+
+def test_member_that_never_answers_pings_is_closed(live_server: Any) -> None:
+    server = live_server(env={"ROVER_WS_PING_INTERVAL": "0.5"})
+    frozen = _raw_member(server, "pings")
+    assert wait_for(lambda: get_json(server.port, "/api/rooms/pings")["count"] == 1, timeout=3)
+    # No pong comes back: after a ping interval unanswered, the server closes the connection.
+    assert wait_for(lambda: get_json(server.port, "/api/rooms/pings")["count"] == 0, timeout=5)
+    frozen.close()
