@@ -34,6 +34,7 @@ class Setting:
     help: str
     allowed: str
     sensitive: bool = False  # never echoed in errors or logs
+    shown_default: str | None = None  # how the docs show the default, when not str(default)
 
     @property
     def key(self) -> str:
@@ -186,7 +187,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_STREAMS", _optional(_integer(1)), None,
             "Open streams allowed per worker; beyond it new streams get 503 with Retry-After. "
             "Empty or 'auto' means 90% of WORKER_CONNECTIONS, leaving room for /health and short requests.",
-            "an integer >= 1, or auto"),
+            "an integer >= 1, or auto", shown_default="auto"),
     Setting("HEARTBEAT_INTERVAL", _seconds(), 15.0,
             "Seconds of producer silence after which an SSE stream sends a ': ping' comment. It keeps proxies "
             "from cutting idle streams and detects vanished clients within two intervals.",
@@ -351,6 +352,16 @@ def load(config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | N
     return Settings(values)
 
 
+def _shown_default(default: Any) -> str:
+    if default is None:
+        return "(empty)"
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, tuple):
+        return ",".join(default) or "(empty)"
+    return str(default)
+
+
 def markdown_table() -> str:
     """The settings reference as a Markdown document (``docs/settings.md``)."""
     lines = [
@@ -366,9 +377,8 @@ def markdown_table() -> str:
         "| --- | --- | --- | --- |",
     ]
     for s in SETTINGS:
-        default = "auto" if s.default is None else str(s.default).lower() if isinstance(s.default, bool) \
-            else s.default
-        lines.append(f"| `{s.key}` | `{default}` | {s.allowed} | {s.help} |")
+        shown = s.shown_default or _shown_default(s.default)
+        lines.append(f"| `{s.key}` | `{shown}` | {s.allowed} | {s.help} |")
     return "\n".join(lines) + "\n"
 
 
