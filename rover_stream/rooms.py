@@ -222,6 +222,7 @@ class Member:
         self.id = self.feed.id
         self.parked: ParkedMember | None = None
         self.reader: Any = gevent.getcurrent()  # the connection's greenlet, which runs the receive loop
+        self.reading = False  # True while that greenlet is in the receive loop
         runtime.admit(self)  # type: ignore[arg-type]
 
     @property
@@ -256,7 +257,8 @@ class Member:
         """End the receive loop: at its next turn when called from it, at once from anywhere else."""
         self.ws.connected = False
         reader = self.reader
-        if reader is not None and reader is not gevent.getcurrent() and not reader.dead:
+        if self.reading and reader is not gevent.getcurrent() and not reader.dead:
+            self.reading = False  # one kill at most: the exception may land after the loop has ended
             reader.kill(StopReading, block=False)
 
     def allow_message(self) -> bool:
@@ -380,26 +382,34 @@ def comms(ws: Any, team_channel: str) -> None:
     try:
         sock.settimeout(idle_timeout)  # the receive loop below ends after this long without a frame
         started = time.monotonic()
+        member.reading = True
         try:
             ws._thread()  # simple-websocket's receive loop, run here: see InlineThread
         except StopReading:
             pass
+        member.reading = False
         if not member.closing and time.monotonic() - max(started, member._last_message) >= idle_timeout * 0.99:
             member.end_reason = "idle"
             member.close(CLOSE_POLICY, "idle timeout")
     finally:
+        member.reading = False
         presence.remove(room, member.id)
-        try:
-            hub.publish(channel, {"type": "leave", "room": room, "user": user, "timestamp": time.time()},
-                        event="leave")
-        except ApiError:
-            pass
+        # A StopReading thrown just as the loop ended may land in any wait below: it must not cut cleanup.
+        _shielded(hub.publish, channel, {"type": "leave", "room": room, "user": user, "timestamp": time.time()},
+                  event="leave")
         if not member.closing:
             member.close(CLOSE_NORMAL)
-        member.written.wait(2.0)
-        _linger(sock)
+        _shielded(member.written.wait, 2.0)
+        _shielded(_linger, sock)
         member.finish()
         ws.connected = False
+
+
+def _shielded(function: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return function(*args, **kwargs)
+    except (StopReading, ApiError):
+        return None
 
 
 def _linger(sock: Any) -> None:

@@ -109,15 +109,17 @@ class StreamRuntime:
 
 def make_hub(settings: Settings) -> Hub:
     """The hub the settings ask for: on Redis with ``ROVER_REDIS_URL``, else in this process."""
+    # A room keeps the messages it sends to members that join; every other channel HISTORY_SIZE events.
+    sizes = {"room.": settings["ROOM_HISTORY"]}
     engine: Any
     if settings["REDIS_URL"]:
         from .hub.redis_engine import RedisEngine
 
         engine = RedisEngine(settings["REDIS_URL"], history_size=settings["HISTORY_SIZE"],
                              history_ttl=settings["HISTORY_TTL"], prefix=settings["REDIS_PREFIX"],
-                             timeout=settings["REDIS_TIMEOUT"])
+                             timeout=settings["REDIS_TIMEOUT"], history_sizes=sizes)
     else:
-        engine = MemoryEngine(settings["HISTORY_SIZE"], settings["HISTORY_TTL"])
+        engine = MemoryEngine(settings["HISTORY_SIZE"], settings["HISTORY_TTL"], sizes)
     return Hub(engine, queue_size=settings["SUBSCRIBER_QUEUE_SIZE"], policy=settings["SLOW_CLIENT_POLICY"],
                max_channels=settings["MAX_CHANNELS"], max_channels_per_stream=settings["MAX_CHANNELS_PER_STREAM"])
 

@@ -268,7 +268,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ROOM_MAX_MEMBERS", _integer(1, 1_000_000), 1000,
             "Members one room may have in one worker (503 room_full beyond).", "an integer from 1 to 1000000"),
     Setting("ROOM_HISTORY", _integer(0, 10_000), 20,
-            "Messages a member is sent when it joins a room.", "an integer from 0 to 10000"),
+            "Messages a member is sent when it joins a room, and what a room's channel keeps for replay "
+            "(its join/leave events included).", "an integer from 0 to 10000"),
     # Demo and files
     Setting("UPLOADS_DIR", _text, "uploads",
             "Folder served by GET /download/<filename> (relative paths are relative to the working directory).",

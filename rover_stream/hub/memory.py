@@ -39,18 +39,20 @@ class ChannelLog:
 class MemoryEngine:
     name = "memory"
 
-    def __init__(self, history_size: int, history_ttl: float) -> None:
+    def __init__(self, history_size: int, history_ttl: float, history_sizes: dict[str, int] | None = None) -> None:
         # The epoch tells this process's ids from those of a previous run: an id from before a restart is
         # "unknown", never mistaken for a position in the new history.
         self.epoch = time.time_ns() // 1_000_000
         self.history_size = history_size
+        #: History sizes for channels whose name starts with a prefix (rooms keep ROOM_HISTORY messages).
+        self.history_sizes = dict(history_sizes or {})
         self.history_ttl = history_ttl
         self._logs: dict[str, ChannelLog] = {}
 
     def _log(self, channel: str) -> ChannelLog:
         log = self._logs.get(channel)
         if log is None:
-            log = self._logs[channel] = ChannelLog(self.history_size)
+            log = self._logs[channel] = ChannelLog(self.size_for(channel))
         return log
 
     def append(self, channel: str, event: str | None, data: Any, body: bytes) -> Message:
@@ -58,10 +60,16 @@ class MemoryEngine:
         log.seq += 1
         now = time.time()
         message = Message(channel, (self.epoch, log.seq), event, data, body, now)
-        if self.history_size:
+        if log.history.maxlen:
             log.history.append(message)
             self._expire(log, now)
         return message
+
+    def size_for(self, channel: str) -> int:
+        for prefix, size in self.history_sizes.items():
+            if channel.startswith(prefix):
+                return size
+        return self.history_size
 
     def _expire(self, log: ChannelLog, now: float) -> None:
         history = log.history

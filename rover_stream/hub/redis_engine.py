@@ -52,9 +52,10 @@ class RedisEngine:
     remote = True
 
     def __init__(self, url: str, *, history_size: int, history_ttl: float, prefix: str = "rover:",
-                 timeout: float = 2.0) -> None:
+                 timeout: float = 2.0, history_sizes: dict[str, int] | None = None) -> None:
         self.url = url
         self.history_size = history_size
+        self.history_sizes = dict(history_sizes or {})
         self.history_ttl = history_ttl
         self.prefix = prefix
         self.timeout = timeout
@@ -92,6 +93,12 @@ class RedisEngine:
     def attach(self, hub: Any) -> None:
         self.hub = hub
 
+    def size_for(self, channel: str) -> int:
+        for prefix, size in self.history_sizes.items():
+            if channel.startswith(prefix):
+                return size
+        return self.history_size
+
     def _key(self, channel: str) -> str:
         return f"{self.prefix}ch:{channel}"
 
@@ -116,8 +123,9 @@ class RedisEngine:
         refresh = self._refreshed.get(channel, 0.0) + REFRESH_EVERY <= now
         try:
             with self._redis.pipeline(transaction=False) as pipe:
-                if self.history_size:
-                    pipe.xadd(key, fields, maxlen=self.history_size, approximate=True)
+                size = self.size_for(channel)
+                if size:
+                    pipe.xadd(key, fields, maxlen=size, approximate=True)
                 else:
                     pipe.xadd(key, fields, maxlen=1, approximate=False)
                 if refresh:
