@@ -71,8 +71,7 @@ def room_channel(room: str) -> str:
 
 
 class Presence:
-    """Who is in which room, in this process. (With Redis, rooms span workers; the member list of
-    ``GET /api/rooms/<room>`` is then this worker's view.)"""
+    """Who is in which room, in this process (the in-process hub)."""
 
     def __init__(self) -> None:
         self.rooms: dict[str, dict[int, str]] = {}
@@ -89,6 +88,75 @@ class Presence:
 
     def members(self, room: str) -> list[str]:
         return sorted(self.rooms.get(room, {}).values())
+
+
+class RedisPresence(Presence):
+    """Who is in which room on every worker and host (the Redis hub): a hash per room,
+    ``<prefix>room:<room>``, one field per member (``<worker>:<member>``) whose value is
+    ``<user>\t<expires_ms>``. Each worker refreshes its own members' fields, so those of a worker that died
+    expire. When Redis cannot be reached, the list is this worker's."""
+
+    REFRESH = 10.0
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__()
+        self.engine = engine
+        self._refresher: Any = None
+
+    def _key(self, room: str) -> str:
+        return f"{self.engine.prefix}room:{room}"
+
+    def _field(self, member_id: int) -> str:
+        return f"{self.engine.worker_id}:{member_id}"
+
+    def _value(self, user: str) -> str:
+        return f"{user}\t{int((time.time() + 3 * self.REFRESH) * 1000)}"
+
+    def add(self, room: str, member_id: int, user: str) -> None:
+        super().add(room, member_id, user)
+        client = self.engine.client()
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                pipe.hset(self._key(room), self._field(member_id), self._value(user))
+                pipe.expire(self._key(room), int(3 * self.REFRESH) + 1)
+                pipe.execute()
+        except Exception as exc:  # noqa: BLE001  -- Redis unreachable: the member is still in the room here
+            log.warning("could not record %r in room %r in Redis: %s", user, room, exc)
+        if self._refresher is None:
+            self._refresher = gevent.spawn(self._refresh_forever)
+
+    def remove(self, room: str, member_id: int) -> None:
+        super().remove(room, member_id)
+        try:
+            self.engine.client().hdel(self._key(room), self._field(member_id))
+        except Exception:  # noqa: BLE001
+            pass  # the field expires by itself
+
+    def members(self, room: str) -> list[str]:
+        try:
+            fields = self.engine.client().hgetall(self._key(room))
+        except Exception:  # noqa: BLE001
+            return super().members(room)
+        now = time.time() * 1000
+        users = []
+        for value in fields.values():
+            user, _, expires = value.decode().rpartition("\t")
+            if expires.isdigit() and int(expires) >= now:
+                users.append(user)
+        return sorted(users)
+
+    def _refresh_forever(self) -> None:
+        while True:
+            gevent.sleep(self.REFRESH)
+            try:
+                with self.engine.client().pipeline(transaction=False) as pipe:
+                    for room, members in list(self.rooms.items()):
+                        for member_id, user in list(members.items()):
+                            pipe.hset(self._key(room), self._field(member_id), self._value(user))
+                        pipe.expire(self._key(room), int(3 * self.REFRESH) + 1)
+                    pipe.execute()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("could not refresh room presence in Redis: %s", exc)
 
 
 class InlineThread:
@@ -465,7 +533,8 @@ def init_rooms(app: Flask) -> None:
         "max_message_size": settings["WS_MAX_MESSAGE_BYTES"],
         "thread_class": InlineThread,
     })
-    app.extensions["rover_stream_presence"] = Presence()
+    engine = get_runtime(app).hub.engine
+    app.extensions["rover_stream_presence"] = RedisPresence(engine) if engine.name == "redis" else Presence()
     sock = Sock(app)
     sock.route("/ws/comms/<team_channel>")(comms)
     app.register_blueprint(rooms_api)

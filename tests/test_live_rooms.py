@@ -231,3 +231,17 @@ def test_member_that_never_answers_pings_is_closed(live_server: Any) -> None:
     # No pong comes back: after a ping interval unanswered, the server closes the connection.
     assert wait_for(lambda: get_json(server.port, "/api/rooms/pings")["count"] == 0, timeout=5)
     frozen.close()
+
+
+def test_room_members_are_listed_across_instances_on_redis(live_server: Any, redis_server: Any) -> None:
+    env = {"ROVER_REDIS_URL": redis_server.url}
+    host_a, host_b = live_server(env=env), live_server(env=env)
+    ada = joined(host_a, "crew", "ada")
+    grace = connect(host_b, "crew", "grace")
+    _, presence, _ = frames(grace, 3)
+    assert presence["members"] == ["ada", "grace"]  # who is in the room on the other host too
+    for host in (host_a, host_b):
+        assert get_json(host.port, "/api/rooms/crew") == {"room": "crew", "members": ["ada", "grace"], "count": 2}
+    grace.close()
+    assert wait_for(lambda: get_json(host_a.port, "/api/rooms/crew")["members"] == ["ada"], timeout=5)
+    ada.close()

@@ -90,6 +90,11 @@ class RedisEngine:
         self._reader = spawn(self._read_forever, name="rover-stream-redis-reader")
         self._syncer = spawn(self._sync_counts_forever, name="rover-stream-redis-counts")
 
+    def client(self) -> Any:
+        """This process's Redis client (the bounded pool), for other parts that keep state in Redis."""
+        self._ensure_started()
+        return self._redis
+
     def attach(self, hub: Any) -> None:
         self.hub = hub
 
