@@ -514,22 +514,17 @@ def check_endpoints(system: System) -> None:
 # -- load generator processes --------------------------------------------------------------------------------
 
 
-class SubscriberLoad:
-    """``loadgen_subscribers.py`` as a child process, spoken to with JSON lines."""
+class JsonLinesChild:
+    """A load generator in a child process of its own session: commands go to its stdin, and each line it
+    prints is a JSON object, queued in ``lines`` (None when it exits)."""
 
-    def __init__(self, system: System, count: int, latency: bool, connect_rate: float, work: Path) -> None:
-        cmd = [sys.executable, str(LOADGEN_SUBSCRIBERS), "--host", LOOPBACK, "--port", str(system.port),
-               "--path", system.sse_path, "--count", str(count), "--ready", system.ready_mode,
-               "--connect-rate", f"{connect_rate:g}"]
-        if latency:
-            cmd.append("--latency")
-        self.log_path = work / "loadgen-subscribers.log"
+    def __init__(self, cmd: Sequence[str], log_path: Path) -> None:
+        self.log_path = log_path
         with open(self.log_path, "ab") as err:
             self.popen = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                                           env=base_env(), start_new_session=True, preexec_fn=raise_nofile)
         self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+        threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.popen.stdout is not None
@@ -539,6 +534,18 @@ class SubscriberLoad:
             except ValueError:
                 log(f"loadgen: {raw!r}")
         self.lines.put(None)
+
+
+class SubscriberLoad(JsonLinesChild):
+    """``loadgen_subscribers.py`` as a child process, spoken to with JSON lines."""
+
+    def __init__(self, system: System, count: int, latency: bool, connect_rate: float, work: Path) -> None:
+        cmd = [sys.executable, str(LOADGEN_SUBSCRIBERS), "--host", LOOPBACK, "--port", str(system.port),
+               "--path", system.sse_path, "--count", str(count), "--ready", system.ready_mode,
+               "--connect-rate", f"{connect_rate:g}"]
+        if latency:
+            cmd.append("--latency")
+        super().__init__(cmd, work / "loadgen-subscribers.log")
 
     def send(self, message: dict[str, Any]) -> None:
         assert self.popen.stdin is not None

@@ -34,7 +34,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -53,6 +52,7 @@ from fanout import (  # noqa: E402
     START_TIMEOUT,
     UVICORN_LISTENING,
     VENV,
+    JsonLinesChild,
     System,
     base_env,
     cpu_delta,
@@ -125,26 +125,14 @@ def start_system(name: str, python: Path, work: Path) -> tuple[System, bool]:
     return System(FASTAPI, [proc], port, "/ws/comms", "ws"), False
 
 
-class Loadgen:
+class Loadgen(JsonLinesChild):
+    """``loadgen_ws.py`` as a child process: text commands in, JSON lines out."""
+
     def __init__(self, port: int, socketio: bool, extra: list[str], work: Path) -> None:
         cmd = [sys.executable, str(LOADGEN), "--port", str(port), *extra]
         if socketio:
             cmd.append("--socketio")
-        self.log_path = work / "loadgen-ws.log"
-        with open(self.log_path, "ab") as err:
-            self.popen = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                          env=base_env(), start_new_session=True, preexec_fn=raise_nofile)
-        self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for raw in self.popen.stdout:
-            try:
-                self.lines.put(json.loads(raw))
-            except ValueError:
-                log(f"loadgen: {raw!r}")
-        self.lines.put(None)
+        super().__init__(cmd, work / "loadgen-ws.log")
 
     def send(self, command: str) -> None:
         assert self.popen.stdin is not None

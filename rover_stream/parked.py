@@ -42,7 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rover_stream.parked")
 
-#: Heartbeats written to a socket that read end-of-file, this far apart (see the module docstring).
+#: How many heartbeats, this far apart, test a client whose socket reported end-of-file: a client that
+#: closed makes the second write fail; one that only half-closed (still reading) keeps its stream. Used by
+#: parked streams and by the greenlet-per-stream SSE body alike.
 PROBE_WRITES = 2
 PROBE_INTERVAL = 0.05
 #: Longest sleep of the writer between heartbeat rounds.

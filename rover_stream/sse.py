@@ -29,7 +29,7 @@ from flask import Response, current_app, request
 
 from .concurrency import Task, on_peer_close, spawn
 from .errors import ServiceUnavailable
-from .parked import can_park, response_head
+from .parked import PROBE_INTERVAL, PROBE_WRITES, can_park, response_head
 from .pipe import Feed, FeedEnded, Pipe, PipeClosed
 from .runtime import StreamRuntime, get_runtime
 from .streaming import StreamBody, StreamingResponse
@@ -94,12 +94,6 @@ def _close(iterable: Any) -> None:
     close = getattr(iterable, "close", None)
     if close is not None:
         close()
-
-
-#: How many heartbeats, this far apart, test a client whose socket reported end-of-file: a client that
-#: closed makes the second write fail; one that only half-closed (still reading) keeps its stream.
-PROBE_WRITES = 2
-PROBE_INTERVAL = 0.05
 
 
 class EventStreamBody(StreamBody):

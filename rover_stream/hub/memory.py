@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .message import ORIGIN, Key, Message
+from .message import Key, Message
 
 
 @dataclass
@@ -110,5 +110,3 @@ class MemoryEngine:
     def stats(self) -> dict[str, Any]:
         return {"engine": self.name, "history_events": sum(len(log.history) for log in self._logs.values())}
 
-
-__all__ = ["MemoryEngine", "Replay", "ORIGIN"]
