@@ -10,7 +10,8 @@ got its own join (rover_stream and the peers send ``{"type": "join", "user": <it
 
 Talks to its parent in JSON lines: prints ``ready``, waits for ``go`` on stdin, sends (``burst``: as fast as
 the slowest reading member lets it, at most ``--window`` frames ahead, for ``--duration`` seconds;
-``frozen``: ``--count`` frames), waits for the frames to arrive (``--drain-timeout``), prints ``done`` with
+``frozen``: ``--count`` frames; ``steady``: ``--rate`` messages a second in total, round robin over the
+rooms, each from its room's first member and stamped with its scheduled time), waits for the frames to arrive (``--drain-timeout``), prints ``done`` with
 its figures, and exits after ``stop`` (connections stay open until then).
 """
 
@@ -77,6 +78,10 @@ class Loadgen:
             m.frozen = True
         self.sender = self.members[0]
         self.readers = [m for m in room0 if not m.frozen]
+        if args.mode == "steady":  # the first member of each room sends; everyone reads
+            self.senders = self.members[:args.rooms]
+            self.readers = [m for m in self.members if not m.frozen]
+            self.room_sent = [0] * args.rooms
         self.pending = 0
         self.next_connect = 0
         self.sent = 0
@@ -88,6 +93,7 @@ class Loadgen:
         self.stdin_buf = b""
         self.commands: list[str] = []
         self.pad = b"x" * max(0, args.size)
+        self.now = time.time()
 
     # -- output ------------------------------------------------------------------------------------------------
 
@@ -310,7 +316,7 @@ class Loadgen:
             m.out_of_order += 1
         m.last_seq = seq
         m.received += 1
-        now = time.time()
+        now = self.now
         self.last_receive = now
         if self.args.latency:
             self.latencies.append(now - sent_at)
@@ -320,9 +326,29 @@ class Loadgen:
 
     # -- sending -----------------------------------------------------------------------------------------------
 
-    def make_text(self, seq: int) -> str:
-        head = f"#{seq}:{time.time():.6f}:"
+    def make_text(self, seq: int, stamp: float | None = None) -> str:
+        head = f"#{seq}:{time.time() if stamp is None else stamp:.6f}:"
         return head + "x" * max(0, self.args.size - len(head))
+
+    def send_due(self, start: float, now: float) -> None:
+        """``steady``: every message whose time has come (message k at start + k / rate, sent by the sender
+        of room k % rooms), stamped with that scheduled time: latency counts from when it should have left."""
+        args = self.args
+        due = min(int((now - start) * args.rate) + 1, int(args.duration * args.rate))
+        while self.sent < due:
+            k = self.sent
+            room = k % args.rooms
+            sender = self.senders[room]
+            text = self.make_text(self.room_sent[room], start + k / args.rate)
+            if args.socketio:
+                text = "42" + json.dumps(["send", {"text": text}])
+            self.room_sent[room] += 1
+            self.sent += 1
+            if not sender.closed:
+                self.write(sender, mask_frame(1, text.encode(), sender.mask))
+        if not self.first_send:
+            self.first_send = start
+        self.last_send = now
 
     def send_some(self, deadline_send: float) -> bool:
         """Sends what the window allows; False once sending is over."""
@@ -356,7 +382,9 @@ class Loadgen:
     # -- the loop ----------------------------------------------------------------------------------------------
 
     def poll(self, timeout: float) -> None:
-        for key, events in self.sel.select(timeout):
+        ready = self.sel.select(timeout)
+        self.now = time.time()  # when these sockets were found readable: latency does not include our parsing
+        for key, events in ready:
             if key.data is None:
                 self.read_stdin()
                 continue
@@ -411,7 +439,19 @@ class Loadgen:
         self.wait_command("go")
         cpu0 = os.times()
         wall0 = time.time()
-        if args.mode in ("burst", "frozen"):
+        if args.mode == "steady":
+            start = time.time() + 0.05
+            end = start + args.duration
+            while time.time() < end:
+                self.send_due(start, time.time())
+                next_send = start + self.sent / args.rate  # wake up when the next message is due
+                self.poll(max(0.0, min(next_send, end) - time.time()))
+            drain_end = time.time() + args.drain_timeout
+            while time.time() < drain_end:
+                if all(m.received >= self.room_sent[m.index % args.rooms] or m.closed for m in self.readers):
+                    break
+                self.poll(0.05)
+        elif args.mode in ("burst", "frozen"):
             deadline_send = time.time() + args.duration
             sending = True
             while sending:
@@ -434,6 +474,14 @@ class Loadgen:
         window = max(1e-9, (max(self.last_receive, self.last_send) - self.first_send) if self.first_send else
                      wall1 - wall0)
         received = sum(m.received for m in readers)
+        if args.mode == "steady":
+            expected = sum(self.room_sent[m.index % args.rooms] for m in readers)
+            complete = sum(1 for m in readers if m.received >= self.room_sent[m.index % args.rooms])
+        elif args.mode == "idle":
+            expected, complete = 0, len(readers)
+        else:
+            expected = self.sent * len(readers)
+            complete = sum(1 for m in readers if m.received >= (args.count if args.mode == "frozen" else self.sent))
         lat = sorted(self.latencies)
 
         def pct(p: float) -> float | None:
@@ -442,9 +490,7 @@ class Loadgen:
         frozen = [m for m in self.members if m.frozen]
         self.emit({
             "event": "done", "sent": self.sent, "readers": len(readers), "received": received,
-            "expected": self.sent * len(readers) if args.mode != "idle" else 0,
-            "readers_complete": sum(1 for m in readers if m.received >= (args.count if args.mode == "frozen" else
-                                                                              self.sent)),
+            "expected": expected, "readers_complete": complete,
             "window_seconds": window, "wall_seconds": wall1 - wall0,
             "deliveries_per_second": received / window,
             "loadgen_cpu_seconds": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
@@ -465,7 +511,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--path", default="/ws/comms/{room}?user={user}")
     parser.add_argument("--socketio", action="store_true")
-    parser.add_argument("--mode", choices=("burst", "frozen", "idle"), required=True)
+    parser.add_argument("--mode", choices=("burst", "frozen", "idle", "steady"), required=True)
     parser.add_argument("--members", type=int, default=100)
     parser.add_argument("--rooms", type=int, default=1)
     parser.add_argument("--room-prefix", default="bench")
@@ -477,6 +523,7 @@ def main() -> None:
     parser.add_argument("--drain-timeout", type=float, default=10.0)
     parser.add_argument("--connect-timeout", type=float, default=60.0)
     parser.add_argument("--latency", action="store_true")
+    parser.add_argument("--rate", type=float, default=100.0, help="steady: messages a second over all rooms")
     Loadgen(parser.parse_args()).run()
 
 

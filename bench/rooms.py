@@ -12,6 +12,9 @@ Scenarios:
 
 * ``burst`` -- ``--burst-members`` (100) in one room; member 0 sends as fast as the slowest member reads
   (at most ``--window`` frames ahead) for ``--duration`` seconds. Deliveries/s, server CPU per delivery.
+* ``steady`` -- ``--steady-members`` (1,000) over 10 rooms; the first member of each room sends, together
+  ``--steady-rate`` (100) messages a second for ``--duration``: everything delivered? p99 latency from each
+  message's scheduled send time.
 * ``idle`` -- ``--idle-members`` (2,000) over 10 rooms, reading: server RSS per connection.
 * ``frozen`` -- ``--frozen-members`` (50) in one room, one never reads (SO_RCVBUF 4 KiB); ``--frozen-count``
   (5,000) frames of 1 KiB: how many of the others got every frame, p99 latency, RSS growth, corrupted frames.
@@ -19,7 +22,7 @@ Scenarios:
 The load generator is ``bench/loadgen_ws.py`` (one process, epoll). Processes, CPU and RSS readings come from
 ``bench/fanout.py``. Output: one table on stdout, JSON in ``bench/results/rooms-<timestamp>.json``.
 
-Usage: ``python bench/rooms.py [all|burst|idle|frozen] [--systems ...] [--duration S] [--idle-members N]``
+Usage: ``python bench/rooms.py [all|burst|steady|idle|frozen] [--systems ...] [--duration S] [--idle-members N]``
 """
 
 from __future__ import annotations
@@ -75,13 +78,14 @@ HANDWRITTEN = "flask-sock handwritten"
 SOCKETIO = "flask-socketio"
 FASTAPI = "fastapi websockets"
 SYSTEMS = (ROVER, HANDWRITTEN, SOCKETIO, FASTAPI)
-SCENARIOS = ("burst", "idle", "frozen")
+SCENARIOS = ("burst", "steady", "idle", "frozen")
 SETTLE = 1.0
 
 # targets of the issue
 BURST_CPU_RATIO = 0.5
 BURST_RATE_RATIO = 1.5
 IDLE_KB = 16.0  # KB = 1024 bytes
+STEADY_P99_MS = 20.0
 FROZEN_RSS_MB = 2.0
 
 
@@ -170,6 +174,10 @@ def loadgen_args(scenario: str, args: argparse.Namespace) -> list[str]:
     if scenario == "burst":
         return ["--mode", "burst", "--members", str(args.burst_members), "--rooms", "1", "--duration",
                 str(args.duration), "--size", "32", "--window", str(args.window)]
+    if scenario == "steady":
+        return ["--mode", "steady", "--members", str(args.steady_members), "--rooms", "10", "--rate",
+                str(args.steady_rate), "--duration", str(args.duration), "--size", "64", "--latency",
+                "--drain-timeout", str(args.drain_timeout)]
     if scenario == "idle":
         return ["--mode", "idle", "--members", str(args.idle_members), "--rooms", "10", "--duration", "2"]
     return ["--mode", "frozen", "--members", str(args.frozen_members), "--rooms", "1", "--frozen", "1", "--count",
@@ -214,6 +222,8 @@ def measure(name: str, scenario: str, args: argparse.Namespace, python: Path, wo
 FIGURES: dict[str, list[tuple[str, str, bool]]] = {  # key, label, higher is better
     "burst": [("deliveries_per_second", "deliveries/s", True), ("cpu_us_per_delivery", "server CPU us/delivery",
                                                                 False)],
+    "steady": [("readers_complete", "members with every frame", True), ("p99_ms", "p99 latency ms", False),
+               ("cpu_us_per_delivery", "server CPU us/delivery", False)],
     "idle": [("kb_per_connection", "RSS KB/connection", False)],
     "frozen": [("readers_complete", "members with every frame", True), ("p99_ms", "p99 latency ms", False),
                ("rss_growth_mb", "RSS growth MB", False), ("corrupt", "corrupted frames", False)],
@@ -234,6 +244,10 @@ def target(scenario: str, key: str, value: float, best: float | None, run: dict[
         return "PASS" if value <= BURST_CPU_RATIO * best else "MISS"
     if scenario == "idle":
         return "PASS" if value < IDLE_KB else "MISS"
+    if scenario == "steady" and key == "readers_complete":
+        return "PASS" if value >= run["readers"] else "MISS"
+    if scenario == "steady" and key == "p99_ms":
+        return "PASS" if value < STEADY_P99_MS else "MISS"
     if scenario == "frozen" and key == "readers_complete":
         return "PASS" if value >= run["readers"] else "MISS"
     if scenario == "frozen" and key == "rss_growth_mb":
@@ -290,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--burst-members", type=int, default=100)
+    parser.add_argument("--steady-members", type=int, default=1000)
+    parser.add_argument("--steady-rate", type=float, default=100.0, help="messages a second over 10 rooms")
     parser.add_argument("--idle-members", type=int, default=2000)
     parser.add_argument("--frozen-members", type=int, default=50)
     parser.add_argument("--frozen-count", type=int, default=5000)
@@ -331,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = RESULTS / f"rooms-{stamp}.json"
     out.write_text(json.dumps({"started": stamp, "argv": sys.argv[1:], "machine": {
         "cpus": os.cpu_count(), "platform": platform.platform()}, "settings": vars(args),
-        "targets": {"burst_cpu_ratio": BURST_CPU_RATIO, "burst_rate_ratio": BURST_RATE_RATIO, "idle_kb": IDLE_KB,
+        "targets": {"steady_p99_ms": STEADY_P99_MS, "burst_cpu_ratio": BURST_CPU_RATIO, "burst_rate_ratio": BURST_RATE_RATIO, "idle_kb": IDLE_KB,
                     "frozen_rss_mb": FROZEN_RSS_MB}, "rows": rows, "runs": runs}, indent=2, default=str))
     log(f"wrote {out}")
     return 1 if any(r["system"] == ROVER and r["result"] == "MISS" for r in rows) else 0

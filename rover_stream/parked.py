@@ -202,6 +202,9 @@ class ParkingLot:
         self._probing: list[ParkedStream] = []
         self._ready = threading.Event()
         self._writer: Any = None
+        self._readable: list[Any] = []
+        self._read_ready = threading.Event()
+        self._reader: Any = None
 
     def park(self, body: EventStreamBody, sock: Any, head: bytes) -> ParkedStream:
         return self.add(ParkedStream(self, body, sock, head))
@@ -224,6 +227,50 @@ class ParkingLot:
 
     def probe_later(self, stream: ParkedStream) -> None:
         self._probing.append(stream)
+
+    # -- parked reading (WebSocket members): one reader greenlet for every connection that sends -----------
+
+    def watch_reads(self, stream: Any) -> Any:
+        """Watch ``stream.fd`` for input; :meth:`read_ready` of ``stream`` then runs in the lot's reader
+        greenlet (it may block, e.g. publishing to Redis). Returns the watcher, stopped after each event
+        until the stream re-arms it with ``watcher.start(...)`` (:meth:`rearm`)."""
+        from gevent import get_hub
+
+        watcher = get_hub().loop.io(stream.fd, 1)  # 1: readable
+        watcher.start(functools.partial(self._on_readable, stream))
+        return watcher
+
+    def rearm(self, stream: Any) -> None:
+        stream.read_watcher.start(functools.partial(self._on_readable, stream))
+
+    def read_again(self, stream: Any) -> None:
+        """The stream has more input than one turn reads: its next turn comes after the others'."""
+        self._readable.append(stream)
+        self._read_ready.set()
+
+    def _on_readable(self, stream: Any) -> None:  # in the event loop: never block
+        stream.read_watcher.stop()
+        self._readable.append(stream)
+        if self._reader is None or self._reader.dead:
+            import gevent
+
+            self._reader = gevent.spawn(self._read)
+        self._read_ready.set()
+
+    def _read(self) -> None:
+        while True:
+            if not self._readable:
+                self._read_ready.clear()
+                if not self._read_ready.wait(MAX_TICK * 10) and not self._readable:
+                    break
+            ready, self._readable = self._readable, []
+            for stream in ready:
+                try:
+                    stream.read_ready()
+                except Exception:
+                    log.exception("parked connection failed while reading")
+                    stream.close("error")
+        self._reader = None
 
     def _run(self) -> None:
         settings = self.runtime.settings

@@ -22,8 +22,9 @@ the worker's parking-lot writer, as for parked SSE streams (see :mod:`rover_stre
 its frames, its pings, and simple-websocket's pongs and close frames (routed to it), with non-blocking
 writes that keep what the socket does not take: frames are never interleaved nor truncated (pitfalls 7
 and 8). A member whose queue fills up is dropped by the hub's slow-client policy and closed with 1013; the
-room goes on. The connection's own greenlet runs simple-websocket's receive loop and publishes what
-arrives: one greenlet per member.
+room goes on. The same lot's reader greenlet reads every member's socket when the event loop reports
+input, feeds simple-websocket's protocol handling and publishes the messages: a member in a room costs no
+greenlet of its own (an idle member costs its socket, its queue and its protocol state: a few KB).
 
 Close codes: 1000 normal, 1001 server shutting down, 1008 policy (message rate, idle timeout, bad frame),
 1009 message too big, 1013 too slow (queue full) or room full.
@@ -43,6 +44,7 @@ from urllib.parse import urlsplit
 import gevent
 from flask import Blueprint, Flask, current_app, jsonify, request
 from flask_sock import Sock
+from wsproto.utilities import LocalProtocolError
 
 from .auth import require
 from .errors import ApiError
@@ -160,23 +162,24 @@ class RedisPresence(Presence):
 
 
 class InlineThread:
-    """Given to simple-websocket as its thread class: its receive loop is not started in a thread of its
-    own but run by the connection's greenlet (:func:`comms`), so a member costs one greenlet, not two."""
+    """Given to simple-websocket as its thread class: no receive thread is started. The worker's parking
+    lot reads every member's socket (:meth:`ParkedMember.read_ready`) and hands the bytes to the
+    connection's protocol state (wsproto, through simple-websocket's event handling)."""
 
     def __init__(self, target: Any) -> None:
-        self.target = target
         self.name = "rover-stream-ws-reader"
 
     def start(self) -> None:
         pass
 
 
-class OutboundSocket:
-    """Stands in for the connection's socket inside simple-websocket: receiving reads the real socket;
-    sending (pongs, close frames) is handed to the member's writer, the only one that writes."""
+class MemberSocket:
+    """Stands in for the connection's socket inside simple-websocket, which only sends through it (pongs,
+    close frames): handed to the member's writer, the only one that writes."""
 
-    def __init__(self, sock: Any, member: Member) -> None:
-        self._sock = sock
+    __slots__ = ("_member",)
+
+    def __init__(self, member: Member) -> None:
         self._member = member
 
     def send(self, data: bytes) -> int:
@@ -185,21 +188,14 @@ class OutboundSocket:
 
     sendall = send
 
-    def recv(self, size: int) -> bytes:
-        return self._sock.recv(size)  # type: ignore[no-any-return]
-
-    def fileno(self) -> int:
-        return self._sock.fileno()  # type: ignore[no-any-return]
-
     def close(self) -> None:
         pass  # the member ends the connection (close frame, then linger) once its writer is done
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
 
 
 class InputEvent:
     """Stands in for simple-websocket's event: a message that arrived is handled at once."""
+
+    __slots__ = ("_on_input",)
 
     def __init__(self, on_input: Any) -> None:
         self._on_input = on_input
@@ -215,22 +211,65 @@ class InputEvent:
 
 
 PING_FRAME = b"\x89\x00"
+#: Most bytes read from one connection in one turn of the reader before the others get theirs.
+READ_TURN = 256 * 1024
 
 
-class StopReading(Exception):
-    """Thrown into a member's receive loop to end it (close, shutdown, writer gave up)."""
+def _closed_already(*args: Any, **kwargs: Any) -> None:
+    """flask-sock closes the connection when the handler returns; a parked member lives on."""
 
 
 class ParkedMember(ParkedStream):
     """A member's connection in the worker's parking lot: the shared writer writes its frames, sends its
-    pings and notices a missing pong."""
+    pings and notices a missing pong or an idle client; the shared reader reads what it sends."""
 
-    __slots__ = ("member", "last_ping")
+    __slots__ = ("member", "last_ping", "last_input", "read_watcher")
 
     def __init__(self, lot: Any, member: Member, sock: Any) -> None:
         super().__init__(lot, member, sock, b"", watch_eof=False)
         self.member = member
-        self.last_ping = time.monotonic()
+        self.last_ping = self.last_input = time.monotonic()
+        self.read_watcher: Any = None
+
+    def start_reading(self) -> None:
+        self.read_watcher = self.lot.watch_reads(self)
+
+    def stop_reading(self) -> None:
+        if self.read_watcher is not None:
+            self.read_watcher.stop()
+            self.read_watcher.close()
+            self.read_watcher = None
+
+    def read_ready(self) -> None:
+        """In the lot's reader greenlet: read what the client sent, let the protocol handle it (pongs,
+        close), and publish its messages (:meth:`Member.on_input`)."""
+        member = self.member
+        ws = member.ws
+        received = 0
+        while self.read_watcher is not None:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                self.lot.rearm(self)
+                return
+            except OSError:
+                data = b""
+            if not data:  # the client closed, or the connection broke
+                member.end_input()
+                return
+            self.last_input = time.monotonic()
+            try:
+                ws.ws.receive_data(data)
+                ws.connected = ws._handle_events()  # may call member.on_input, member.send_raw
+            except LocalProtocolError:
+                ws.connected = False
+            if not ws.connected or member.closing:
+                member.end_input()
+                return
+            received += len(data)
+            if received >= READ_TURN:
+                self.lot.read_again(self)
+                return
 
     def flush(self, now: float) -> None:
         super().flush(now)
@@ -242,6 +281,11 @@ class ParkedMember(ParkedStream):
         member = self.member
         if self.unsent:
             super().heartbeat(now, interval, send_timeout)
+        elif member.closing:
+            pass
+        elif now - self.last_input >= member.idle_timeout:
+            member.end_reason = "idle"
+            member.close(CLOSE_POLICY, "idle timeout")
         elif now - self.last_ping >= member.ping_interval:
             if not member.ws.pong_received:
                 member.close(CLOSE_POLICY, "no pong to the last ping")
@@ -259,22 +303,26 @@ class ParkedMember(ParkedStream):
                 os.write(self.fd, close_frame(CLOSE_TRY_LATER, "too slow: messages were piling up"))
             except OSError:
                 pass
+        self.stop_reading()
         super().close(reason)
         member.written.set()
 
 
 class Member:
     """One WebSocket connection in one room: its subscription (the bounded outbound queue), its limits.
-    Registered with the runtime like a stream (stream cap, shutdown, counters)."""
+    Registered with the runtime like a stream (stream cap, shutdown, counters). No greenlet of its own
+    while it is in the room: the worker's parking lot reads and writes its connection."""
 
     kind = "websocket"
 
-    def __init__(self, runtime: StreamRuntime, ws: Any, room: str, user: str) -> None:
+    def __init__(self, runtime: StreamRuntime, ws: Any, room: str, user: str, presence: Presence) -> None:
         settings = runtime.settings
         self.runtime = runtime
         self.ws = ws
         self.room = room
+        self.channel = room_channel(room)
         self.user = user
+        self.presence = presence
         self.bytes_sent = 0
         self.handed_over = True
         self._opened_at = time.monotonic()
@@ -283,14 +331,14 @@ class Member:
         self.close_code: int | None = None
         self.end_reason = "disconnect"
         self.ping_interval: float = settings["WS_PING_INTERVAL"]
+        self.idle_timeout: float = settings["WS_IDLE_TIMEOUT"]
         self._rate = settings["WS_MESSAGE_RATE"]
         self._allowance = float(self._rate * 2)  # a burst of twice the rate is fine
         self._last_message = time.monotonic()
-        self.feed: Subscription = runtime.hub.subscribe(room_channel(room), format="ws")
+        self.feed: Subscription = runtime.hub.subscribe(self.channel, format="ws")
         self.id = self.feed.id
         self.parked: ParkedMember | None = None
-        self.reader: Any = gevent.getcurrent()  # the connection's greenlet, which runs the receive loop
-        self.reading = False  # True while that greenlet is in the receive loop
+        self.input_open = True
         runtime.admit(self)  # type: ignore[arg-type]
 
     @property
@@ -313,21 +361,58 @@ class Member:
             self.close_code = int.from_bytes(frame[2:4], "big") if len(frame) >= 4 else None
         self._queue(frame)
 
+    def on_input(self) -> None:
+        """Messages the client sent (simple-websocket's input buffer): checked, then published."""
+        ws = self.ws
+        while ws.input_buffer:
+            raw = ws.input_buffer.pop(0)
+            if self.closing:
+                ws.input_buffer.clear()
+                return
+            if not self.allow_message():
+                self.end_reason = "rate_limited"
+                self.close(CLOSE_POLICY, "too many messages")
+                return
+            text = _incoming_text(raw)
+            if text is None:
+                self.send_frame({"type": "error", "error": "invalid_frame",
+                                 "message": f"Send text, or JSON {{\"text\": ...}} of at most "
+                                            f"{MAX_TEXT_LENGTH} characters."})
+                continue
+            self.runtime.hub.publish(self.channel, {"type": "message", "room": self.room, "user": self.user,
+                                                    "text": text, "timestamp": time.time()}, event="message")
+
     def close(self, code: int, reason: str = "") -> None:
         """Send a close frame (after what is queued for writing first) and stop reading."""
         if not self.closing:
             self.closing = True
             self.close_code = code
             self._queue(close_frame(code, reason))
-        self.stop_reading()
+        self.end_input()
 
-    def stop_reading(self) -> None:
-        """End the receive loop: at its next turn when called from it, at once from anywhere else."""
-        self.ws.connected = False
-        reader = self.reader
-        if self.reading and reader is not gevent.getcurrent() and not reader.dead:
-            self.reading = False  # one kill at most: the exception may land after the loop has ended
-            reader.kill(StopReading, block=False)
+    def end_input(self) -> None:
+        """Stop reading; the member then leaves the room (in a greenlet of its own: it may block)."""
+        if self.input_open:
+            self.input_open = False
+            self.ws.connected = False
+            if self.parked is not None:
+                self.parked.stop_reading()
+            gevent.spawn(self._leave)
+
+    def _leave(self) -> None:
+        try:
+            self.presence.remove(self.room, self.id)
+            self.runtime.hub.publish(self.channel, {"type": "leave", "room": self.room, "user": self.user,
+                                                    "timestamp": time.time()}, event="leave")
+        except Exception as exc:  # noqa: BLE001 (the member leaves all the same)
+            log.warning("could not announce that %s left %s: %s", self.user, self.room, exc)
+        if not self.closing:
+            self.close(CLOSE_NORMAL)
+        self.written.wait(2.0)
+        parked = self.parked
+        if parked is not None and not parked.closed:
+            _linger(parked.fd, 0.5 if self.runtime.shutting_down else LINGER)
+        self.finish()
 
     def allow_message(self) -> bool:
         """Token bucket: WS_MESSAGE_RATE messages a second, bursts of twice that."""
@@ -345,7 +430,7 @@ class Member:
         """The writer gave up on the connection (gone, too slow to write to)."""
         if reason != "complete":
             self.end_reason = reason
-        self.stop_reading()
+        self.end_input()
 
     def wake(self) -> None:
         self.end_reason = "shutdown"
@@ -408,7 +493,8 @@ def _incoming_text(raw: Any) -> str | None:
 
 
 def comms(ws: Any, team_channel: str) -> None:
-    """The room handler: join, then read this member's frames (in this greenlet) and publish them."""
+    """The room handler: join, park the connection, return. The worker's parking lot reads and writes it
+    from then on, and the member leaves the room when its connection ends (:meth:`Member.end_input`)."""
     runtime = get_runtime()
     settings = runtime.settings
     hub = runtime.hub
@@ -416,82 +502,44 @@ def comms(ws: Any, team_channel: str) -> None:
     channel = room_channel(room)
     user = request.environ["rover_stream.room_user"]
     sock = request.environ["gunicorn.socket"]
-    member = Member(runtime, ws, room, user)
-    parked = ParkedMember(runtime.parking_lot(), member, sock)
-    runtime.parking_lot().add(parked)
-    member.parked = parked
-    ws.sock = OutboundSocket(sock, member)
     presence: Presence = current_app.extensions["rover_stream_presence"]
-
-    def on_input() -> None:
-        while ws.input_buffer:
-            raw = ws.input_buffer.pop(0)
-            if not member.allow_message():
-                member.end_reason = "rate_limited"
-                member.close(CLOSE_POLICY, "too many messages")
-                return
-            text = _incoming_text(raw)
-            if text is None:
-                member.send_frame({"type": "error", "error": "invalid_frame",
-                                   "message": f"Send text, or JSON {{\"text\": ...}} of at most "
-                                              f"{MAX_TEXT_LENGTH} characters."})
-                continue
-            hub.publish(channel, {"type": "message", "room": room, "user": user, "text": text,
-                                  "timestamp": time.time()}, event="message")
-
-    ws.event = InputEvent(on_input)
+    member = Member(runtime, ws, room, user, presence)
+    lot = runtime.parking_lot()
+    parked = ParkedMember(lot, member, sock)
+    lot.add(parked)
+    member.parked = parked
+    ws.sock = MemberSocket(member)
+    ws.event = InputEvent(member.on_input)
+    ws.environ = None  # the request is over for us: let its objects go
+    ws.close = _closed_already
     history = [m.data for m in hub.history(channel)[-settings["ROOM_HISTORY"]:]
                if isinstance(m.data, dict) and m.data.get("type") == "message"]
     member.send_frame({"type": "history", "room": room, "messages": history})
     presence.add(room, member.id, user)
     member.send_frame({"type": "presence", "room": room, "members": presence.members(room)})
     hub.publish(channel, {"type": "join", "room": room, "user": user, "timestamp": time.time()}, event="join")
-    idle_timeout: float = settings["WS_IDLE_TIMEOUT"]
-    try:
-        sock.settimeout(idle_timeout)  # the receive loop below ends after this long without a frame
-        started = time.monotonic()
-        member.reading = True
-        try:
-            ws._thread()  # simple-websocket's receive loop, run here: see InlineThread
-        except StopReading:
-            pass
-        member.reading = False
-        if not member.closing and time.monotonic() - max(started, member._last_message) >= idle_timeout * 0.99:
-            member.end_reason = "idle"
-            member.close(CLOSE_POLICY, "idle timeout")
-    finally:
-        member.reading = False
-        presence.remove(room, member.id)
-        # A StopReading thrown just as the loop ended may land in any wait below: it must not cut cleanup.
-        _shielded(hub.publish, channel, {"type": "leave", "room": room, "user": user, "timestamp": time.time()},
-                  event="leave")
-        if not member.closing:
-            member.close(CLOSE_NORMAL)
-        _shielded(member.written.wait, 2.0)
-        _shielded(_linger, sock)
-        member.finish()
-        ws.connected = False
+    if member.input_open:
+        parked.start_reading()
 
 
-def _shielded(function: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return function(*args, **kwargs)
-    except (StopReading, ApiError):
-        return None
-
-
-def _linger(sock: Any) -> None:
+def _linger(fd: int, seconds: float) -> None:
     """After our close frame: end our side, and read what the client still sends until it closes.
     Closing a socket with unread input makes the kernel send a reset, which can destroy the close frame
     before the client reads it (a client flooding us would see 1006 instead of 1009)."""
     try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
         sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(LINGER)
-        deadline = time.monotonic() + LINGER
+        sock.settimeout(seconds)
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and sock.recv(65536):
             pass
     except OSError:
         pass
+    finally:
+        sock.close()
 
 
 @rooms_api.before_app_request

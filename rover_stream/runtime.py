@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, g
@@ -27,6 +28,8 @@ EXTENSION_KEY = "rover_stream"
 
 #: Seconds between asking streams to end on shutdown and cutting those that have not.
 FORCE_CLOSE_AFTER = 1.0
+#: Every runtime of this process (one per app), for :func:`drain_streams`.
+_RUNTIMES: weakref.WeakSet[StreamRuntime] = weakref.WeakSet()
 
 
 class StreamRuntime:
@@ -42,6 +45,7 @@ class StreamRuntime:
         self.streams_rejected = 0
         self.bytes_sent = 0
         self.stream_errors = 0
+        _RUNTIMES.add(self)
 
     def parking_lot(self) -> ParkingLot:
         """The worker's parked streams (created on first use, in the worker: never before a fork)."""
@@ -160,6 +164,20 @@ def get_hub(app: Flask | None = None) -> Hub:
 def publish(channel: str, data: Any, event: str | None = None) -> Any:
     """Publish on the current app's hub: ``rs.publish("telemetry", {"battery": 87})``."""
     return get_runtime().hub.publish(channel, data, event=event)
+
+
+def drain_streams(timeout: float) -> int:
+    """Shutdown: end every open stream of this process and wait, at most ``timeout`` seconds, for them to be
+    gone. Parked connections hold no request of the server's, so a worker that waits for its requests only
+    would exit before their final frames are out. Returns how many streams were still open."""
+    if any(not runtime.shutting_down for runtime in list(_RUNTIMES)):
+        request_shutdown()
+    deadline = time.monotonic() + timeout
+    while True:
+        left = sum(runtime.open_streams for runtime in list(_RUNTIMES))
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.02)
 
 
 def request_shutdown() -> None:

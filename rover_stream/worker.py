@@ -5,6 +5,9 @@ A parked SSE stream (see :mod:`rover_stream.parked`) takes its connection over a
 connection, holding a greenlet and its buffers for every new stream. gunicorn's own comment on
 ``is_already_handled`` invites workers to raise ``StopIteration`` there instead, which ends its handling of
 the connection at once; the parked stream keeps its own descriptor.
+
+For the same reason the stock worker, which on shutdown waits for its open requests only, would exit before
+parked streams have sent their final event or close frame: :meth:`Worker.run` waits for them too.
 """
 
 from __future__ import annotations
@@ -15,7 +18,19 @@ from gunicorn.workers.base_async import ALREADY_HANDLED
 from gunicorn.workers.ggevent import GeventWorker
 
 
+#: Longest wait for parked streams to end after the server stopped (they are cut after FORCE_CLOSE_AFTER).
+DRAIN_TIMEOUT = 3.0
+
+
 class Worker(GeventWorker):
+    def run(self) -> None:
+        super().run()
+        from .runtime import drain_streams
+
+        left = drain_streams(DRAIN_TIMEOUT)
+        if left:
+            self.log.warning("%d streams were still open at exit", left)
+
     def is_already_handled(self, respiter: Any) -> bool:
         if respiter is ALREADY_HANDLED:
             raise StopIteration()
