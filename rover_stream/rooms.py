@@ -272,10 +272,19 @@ class ParkedMember(ParkedStream):
                 return
 
     def flush(self, now: float) -> None:
-        super().flush(now)
         member = self.member
-        if member.closing and not self.unsent and not self.subscription.preamble:  # type: ignore[attr-defined]
-            member.written.set()  # the close frame is out
+        if member.final_frame is None:
+            super().flush(now)
+            return
+        # Closing: what was being written, then the close frame, and nothing after it (RFC 6455 5.5.1:
+        # no data frame may follow a close frame; Chrome fails such a connection with 1006).
+        if self.closed or (self.unsent and not self._write(self.unsent, now)):
+            return
+        if member.final_frame:
+            frame, member.final_frame = member.final_frame, b""
+            if not self._write(frame, now):
+                return
+        member.written.set()  # the close frame is out
 
     def heartbeat(self, now: float, interval: float, send_timeout: float) -> None:
         member = self.member
@@ -296,7 +305,7 @@ class ParkedMember(ParkedStream):
 
     def close(self, reason: str) -> None:
         member = self.member
-        if reason == "slow_client" and not member.closing and not self.closed:
+        if reason == "slow_client" and not member.closing and not self.closed and not self.unsent:
             member.closing = True
             member.close_code = CLOSE_TRY_LATER
             try:  # best effort: a socket that takes nothing more cannot carry it either
@@ -329,6 +338,7 @@ class Member:
         self.written = threading.Event()
         self.closing = False
         self.close_code: int | None = None
+        self.final_frame: bytes | None = None  # the close frame while it waits to be written, then b""
         self.end_reason = "disconnect"
         self.ping_interval: float = settings["WS_PING_INTERVAL"]
         self.idle_timeout: float = settings["WS_IDLE_TIMEOUT"]
@@ -355,11 +365,18 @@ class Member:
     def send_raw(self, frame: bytes) -> None:
         """A frame from simple-websocket (a pong, a close): written next."""
         if frame[:1] == b"\x88":
-            if self.closing:
-                return
-            self.closing = True
-            self.close_code = int.from_bytes(frame[2:4], "big") if len(frame) >= 4 else None
-        self._queue(frame)
+            if not self.closing:
+                self._close_with(frame, int.from_bytes(frame[2:4], "big") if len(frame) >= 4 else None)
+            return
+        if not self.closing:
+            self._queue(frame)
+
+    def _close_with(self, frame: bytes, code: int | None) -> None:
+        """The close frame is the last frame written: what is queued and not yet written is dropped."""
+        self.closing = True
+        self.close_code = code
+        self.final_frame = frame
+        self.feed.wake()
 
     def on_input(self) -> None:
         """Messages the client sent (simple-websocket's input buffer): checked, then published."""
@@ -385,9 +402,7 @@ class Member:
     def close(self, code: int, reason: str = "") -> None:
         """Send a close frame (after what is queued for writing first) and stop reading."""
         if not self.closing:
-            self.closing = True
-            self.close_code = code
-            self._queue(close_frame(code, reason))
+            self._close_with(close_frame(code, reason), code)
         self.end_input()
 
     def end_input(self) -> None:

@@ -13,14 +13,15 @@ from typing import Any
 import pytest
 import simple_websocket
 
-from tests.wire_helpers import get_json, request, wait_for
+from tests.wire_helpers import get_json, request, wait_for, ws_client_class
+
+RoomClient = ws_client_class()
 
 pytestmark = pytest.mark.live
 
 
 def connect(server: Any, room: str, user: str, **kwargs: Any) -> simple_websocket.Client:
-    return simple_websocket.Client.connect(f"ws://127.0.0.1:{server.port}/ws/comms/{room}?user={user}",
-                                           **kwargs)
+    return RoomClient.connect(f"ws://127.0.0.1:{server.port}/ws/comms/{room}?user={user}", **kwargs)
 
 
 def frames(client: simple_websocket.Client, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
@@ -161,6 +162,52 @@ def test_message_flood_closes_1008(server: Any) -> None:
     assert close_code(member) == 1008
 
 
+def _server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each unmasked server frame in ``data``."""
+    frames, i = [], 0
+    while i + 2 <= len(data):
+        opcode, size, j = data[i] & 0x0F, data[i + 1] & 0x7F, i + 2
+        if size == 126:
+            size, j = int.from_bytes(data[j:j + 2], "big"), j + 2
+        elif size == 127:
+            size, j = int.from_bytes(data[j:j + 8], "big"), j + 8
+        frames.append((opcode, data[j:j + size]))
+        i = j + size
+    return frames
+
+
+def test_nothing_follows_the_close_frame(server: Any) -> None:
+    """A flooder is closed with 1008 while messages are still queued for it: the close frame must be the
+    last frame (RFC 6455 5.5.1); browsers fail a connection that sends data after it (1006)."""
+    listener = joined(server, "flood2", "listener")
+    sock = _raw_member(server, "flood2")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += sock.recv(65536)
+    received = received.split(b"\r\n\r\n", 1)[1]
+    mask = os.urandom(4)
+    for i in range(300):
+        payload = json.dumps({"text": f"flood {i}"}).encode()
+        try:
+            sock.sendall(bytes((0x81, 0x80 | len(payload))) + mask + bytes(b ^ mask[k % 4] for k, b in enumerate(payload)))
+        except OSError:
+            break
+    sock.settimeout(5)
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except OSError:
+        pass
+    sock.close()
+    opcodes = [opcode for opcode, _ in _server_frames(received)]
+    assert 8 in opcodes, opcodes
+    assert opcodes.index(8) == len(opcodes) - 1, f"{len(opcodes) - 1 - opcodes.index(8)} frames after the close"
+    close_payload = _server_frames(received)[-1][1]
+    assert int.from_bytes(close_payload[:2], "big") == 1008
+    listener.close()
+
+
 def test_foreign_origin_is_refused(server: Any) -> None:
     response = request(server.port, "/ws/comms/science?user=x", {
         "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
@@ -184,7 +231,7 @@ def test_private_room_needs_a_token(live_server: Any) -> None:
     assert response.status == 401
     response.close()
     token = mint_token(secret, subscribe=["private-ops"])
-    member = simple_websocket.Client.connect(
+    member = RoomClient.connect(
         f"ws://127.0.0.1:{server.port}/ws/comms/private-ops?user=x&token={token}")
     assert frames(member, 1)[0]["type"] == "history"
     member.close()

@@ -193,3 +193,17 @@ def subscribe(port: int, channel: str, last_event_id: str | None = None) -> SSER
     reader = SSEReader(response)
     reader.until(b"\n\nid: ")  # the retry hint, then the position block: subscribed
     return reader
+
+
+def ws_client_class() -> Any:
+    """simple_websocket's Client, minus a bug: its handshake takes the 101 response and leaves whatever
+    arrived in the same read (our first frames, written right after the handshake) in wsproto's buffer
+    until the next bytes come -- a ping or a close, seconds later. Browsers do not do this."""
+    import simple_websocket
+
+    class Client(simple_websocket.Client):  # type: ignore[misc]
+        def handshake(self) -> None:
+            super().handshake()
+            self._handle_events()  # frames that came with the 101 response
+
+    return Client
