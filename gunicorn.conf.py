@@ -104,8 +104,10 @@ def on_starting(server):
 
 def post_worker_init(worker):
     from rover_stream.lifecycle import watch_worker
+    from rover_stream.runtime import start_all_producers
 
     watch_worker(worker)
+    start_all_producers()  # the app's producers run from the worker's start, not its first request
 
 
 def worker_int(worker):

@@ -19,21 +19,23 @@ hand-off), ``streaming``/``sse``/``files`` (responses), ``runtime`` (stream cap,
 """
 
 from .app import create_app, init_app
+from .auth import mint_token, require, require_admin
 from .concurrency import run_blocking
 from .errors import ApiError, ConfigError, EncodeError, RoverStreamError, ServiceUnavailable, StreamAborted
 from .files import send_file, send_from_directory
 from .hub import Hub, Message, Subscription
-from .pipe import PipeClosed
-from .runtime import get_hub, publish
+from .pipe import FeedEnded, PipeClosed
+from .producers import add_producer
+from .runtime import StreamingStats, get_hub, get_runtime, publish, streaming_stats
 from .sse import last_event_id, sse_response
 from .streaming import StreamingResponse, StreamingWriter, csv_response, ndjson_response
 from .wire.sse import Event, encode
 from .wire.tabular import FLUSH
 
 __all__ = [
-    "ApiError", "ConfigError", "EncodeError", "Event", "FLUSH", "Hub", "Message", "PipeClosed", "RoverStreamError",
-    "Subscription", "get_hub", "publish",
+    "ApiError", "ConfigError", "EncodeError", "Event", "FLUSH", "FeedEnded", "Hub", "Message", "PipeClosed", "RoverStreamError",
+    "Subscription", "StreamingStats", "add_producer", "get_hub", "get_runtime", "publish", "streaming_stats",
     "ServiceUnavailable", "StreamAborted", "StreamingResponse", "StreamingWriter", "create_app", "csv_response",
-    "encode", "init_app", "last_event_id", "ndjson_response", "run_blocking", "send_file", "send_from_directory",
+    "encode", "init_app", "mint_token", "require", "require_admin", "last_event_id", "ndjson_response", "run_blocking", "send_file", "send_from_directory",
     "sse_response",
 ]

@@ -41,9 +41,11 @@ def _health() -> Any:
     body: dict[str, Any] = {
         "status": "shutting_down" if runtime.shutting_down else "ok",
         "pid": os.getpid(),
+        "connected_clients": runtime.open_streams,
         "open_streams": runtime.open_streams,
         "max_streams": runtime.max_streams,
         "engine": engine.name,
+        "producers": {name: p.status()["state"] for name, p in runtime.producers.items()},
     }
     if engine.name == "redis":
         engine.ping()

@@ -35,8 +35,9 @@ class AuthError(ApiError):
 
 
 def mint_token(secret: str, *, publish: Iterable[str] = (), subscribe: Iterable[str] = (),
-               expires_in: float = 3600, subject: str | None = None) -> str:
-    """A signed token allowing ``publish`` and ``subscribe`` on the channels matching those patterns."""
+               expires_in: float = 3600, subject: str | None = None, admin: bool = False) -> str:
+    """A signed token allowing ``publish`` and ``subscribe`` on the channels matching those patterns, and
+    the ``/admin`` endpoints when ``admin``."""
     import jwt
 
     now = int(time.time())
@@ -44,6 +45,8 @@ def mint_token(secret: str, *, publish: Iterable[str] = (), subscribe: Iterable[
                               "publish": list(publish), "subscribe": list(subscribe)}
     if subject:
         claims["sub"] = subject
+    if admin:
+        claims["admin"] = True
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -97,6 +100,21 @@ def require(secret: str | None, action: str, channels: Iterable[str]) -> dict[st
         if not allows(claims.get(action, []), channel):
             raise AuthError(f"The access token does not allow you to {action} on channel {channel!r}.",
                             status=403, code="forbidden")
+    return claims
+
+
+def require_admin(secret: str | None) -> dict[str, Any] | None:
+    """Check the current request carries an admin token (``rover-stream token --admin``): 401 without a
+    valid token, 403 with one that is not an admin's. No secret: open."""
+    if secret is None:
+        return None
+    token = token_from_request()
+    if token is None:
+        raise AuthError(f"An admin token is required here (Authorization header, '{QUERY_PARAMETER}' query "
+                        f"parameter or '{COOKIE_NAME}' cookie).", code="token_required")
+    claims = verify_token(secret, token)
+    if claims.get("admin") is not True:
+        raise AuthError("The access token is not an admin token.", status=403, code="forbidden")
     return claims
 
 

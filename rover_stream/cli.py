@@ -45,11 +45,12 @@ def _token(args: argparse.Namespace, extra: list[str]) -> int:
         print("rover-stream: a secret of at least 32 characters is needed: --secret or ROVER_SECRET_KEY.",
               file=sys.stderr)
         return 2
-    if not args.publish and not args.subscribe:
-        print("rover-stream: name at least one channel pattern with --publish or --subscribe.", file=sys.stderr)
+    if not args.publish and not args.subscribe and not args.admin:
+        print("rover-stream: name at least one channel pattern with --publish or --subscribe (or --admin).",
+              file=sys.stderr)
         return 2
     print(mint_token(secret, publish=args.publish, subscribe=args.subscribe, expires_in=args.expires,
-                     subject=args.subject))
+                     subject=args.subject, admin=args.admin))
     return 0
 
 
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--expires", type=int, default=3600, metavar="SECONDS",
                        help="lifetime in seconds (default 3600)")
     token.add_argument("--subject", help="who the token is for (the 'sub' claim)")
+    token.add_argument("--admin", action="store_true", help="also allow the /admin endpoints (stream stats)")
     token.add_argument("--secret", help="signing secret (default: ROVER_SECRET_KEY)")
     token.set_defaults(handler=_token)
     return parser

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, g
@@ -19,6 +20,7 @@ from . import signals
 from .errors import ServiceUnavailable
 from .hub import Hub, MemoryEngine
 from .parked import ParkingLot
+from .producers import Producer
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -45,7 +47,21 @@ class StreamRuntime:
         self.streams_rejected = 0
         self.bytes_sent = 0
         self.stream_errors = 0
+        self.stream_seconds = 0.0  # summed durations of the streams that ended
+        self.producers: dict[str, Producer] = {}
+        self.producers_started = False
         _RUNTIMES.add(self)
+
+    def start_producers(self) -> None:
+        """Start the registered producers (once; in the worker, never before a fork)."""
+        if not self.producers_started and not self.shutting_down:
+            self.producers_started = True
+            for producer in list(self.producers.values()):
+                producer.start()
+
+    def stop_producers(self) -> None:
+        for producer in list(self.producers.values()):
+            producer.stop()
 
     def parking_lot(self) -> ParkingLot:
         """The worker's parked streams (created on first use, in the worker: never before a fork)."""
@@ -80,6 +96,7 @@ class StreamRuntime:
     def release(self, body: StreamBody, reason: str) -> None:
         self._open.discard(body)
         self.bytes_sent += body.bytes_sent
+        self.stream_seconds += body.duration
         if reason == "error":
             self.stream_errors += 1
         signals.emit(signals.stream_closed, body, reason=reason, bytes_sent=body.bytes_sent, duration=body.duration)
@@ -89,6 +106,8 @@ class StreamRuntime:
         Streams still open ``FORCE_CLOSE_AFTER`` seconds later are cut: their client is not reading, or
         their generator blocks in the connection's greenlet."""
         self.shutting_down = True
+        for producer in list(self.producers.values()):
+            producer.stop(timeout=0)
         for body in list(self._open):
             body.wake()
         timer = threading.Timer(FORCE_CLOSE_AFTER, self._force_close)
@@ -109,6 +128,41 @@ class StreamRuntime:
             "stream_errors": self.stream_errors,
             "shutting_down": self.shutting_down,
         }
+
+
+@dataclass(frozen=True)
+class StreamingStats:
+    """What :func:`streaming_stats` returns (this worker process's streams)."""
+
+    active_streams: int
+    active_websockets: int
+    total_bytes_streamed: int
+    avg_throughput_mbps: float
+    connection_errors: int
+    streams_opened: int
+    streams_rejected: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def streaming_stats(app: Flask | None = None) -> StreamingStats:
+    """The seed's ``streaming_stats()``: active streams (SSE, downloads, WebSocket members), bytes streamed
+    (ended and open streams), the average throughput of a stream while it was open, in megabits a second,
+    and streams that ended in an error."""
+    runtime = get_runtime(app)
+    open_bodies = list(runtime._open)
+    total = runtime.bytes_sent + sum(body.bytes_sent for body in open_bodies)
+    seconds = runtime.stream_seconds + sum(body.duration for body in open_bodies)
+    return StreamingStats(
+        active_streams=len(open_bodies),
+        active_websockets=sum(1 for body in open_bodies if getattr(body, "kind", "") == "websocket"),
+        total_bytes_streamed=total,
+        avg_throughput_mbps=round(total * 8 / 1e6 / seconds, 3) if seconds > 0 else 0.0,
+        connection_errors=runtime.stream_errors,
+        streams_opened=runtime.streams_opened,
+        streams_rejected=runtime.streams_rejected,
+    )
 
 
 def make_hub(settings: Settings) -> Hub:
@@ -139,6 +193,7 @@ def _close_unsent_bodies(exc: BaseException | None) -> None:
 def init_runtime(app: Flask, settings: Settings) -> StreamRuntime:
     runtime = StreamRuntime(settings, make_hub(settings))
     app.teardown_request(_close_unsent_bodies)
+    app.before_request(runtime.start_producers)  # outside gunicorn: on the first request
     app.extensions[EXTENSION_KEY] = runtime
     # A bound method is held weakly; the app keeps the runtime alive for as long as the app lives.
     signals.shutdown_requested.connect(runtime.begin_shutdown)
@@ -178,6 +233,12 @@ def drain_streams(timeout: float) -> int:
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.02)
+
+
+def start_all_producers() -> None:
+    """Start the producers of every app of this process (gunicorn's ``post_worker_init``)."""
+    for runtime in list(_RUNTIMES):
+        runtime.start_producers()
 
 
 def request_shutdown() -> None:

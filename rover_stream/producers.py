@@ -1,0 +1,191 @@
+"""Producers: background loops that feed the hub, started with the server and stopped on shutdown.
+
+A producer is a plain function ``run(stop)`` that publishes until ``stop`` (a ``threading.Event``) is set::
+
+    def telemetry(stop):
+        while not stop.wait(2.0):
+            rs.publish("rover.telemetry", read_sensors())
+
+    rs.add_producer(app, "rover-telemetry", telemetry)               # one per deployment
+    rs.add_producer(app, "server-metrics", metrics, scope="worker")  # one in every worker process
+
+``scope="deployment"`` (the default) means one running copy for everything that shares the hub: with the
+in-process hub that is the process itself; with Redis it is every worker of every host, and the copy runs
+where it holds a *lease*, a Redis key ``<prefix>lease:<name>`` set with ``SET NX PX``, renewed every
+``LEASE_RENEW`` seconds by a script that only extends it for its holder. The others stand by and take over
+within ``LEASE_TTL`` seconds when the holder stops or dies (a clean stop deletes the key at once).
+
+Producers start with the worker (``post_worker_init`` in gunicorn.conf.py), or on the app's first request
+elsewhere; ``GET /health`` reports each one as ``running``, ``standby`` (another process holds its lease),
+``failed`` (its function raised; it is restarted after ``RESTART_AFTER`` seconds) or ``stopped``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .concurrency import Task
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .runtime import StreamRuntime
+
+log = logging.getLogger("rover_stream.producers")
+
+#: Seconds a lease lasts without renewal; a dead holder is replaced within this time.
+LEASE_TTL = 6.0
+LEASE_RENEW = 2.0
+#: Seconds before a producer whose function raised is started again.
+RESTART_AFTER = 2.0
+SCOPES = ("deployment", "worker")
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+class Producer:
+    """One registered producer and the loop that keeps it running (or standing by) in this process."""
+
+    def __init__(self, runtime: StreamRuntime, name: str, run: Callable[[threading.Event], Any],
+                 scope: str) -> None:
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
+        self.runtime = runtime
+        self.name = name
+        self.run = run
+        self.scope = scope
+        self.state = "stopped"
+        self.error: str | None = None
+        self.started_at: float | None = None
+        self._stop = threading.Event()  # the supervisor's
+        self._supervisor: Task | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._supervisor is None:
+            self._stop.clear()
+            self.state = "standby" if self._needs_lease() else "starting"
+            self._supervisor = Task(self._supervise, name=f"rover-stream-producer-{self.name}")
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.join(timeout)
+        self.state = "stopped"
+
+    def _needs_lease(self) -> bool:
+        return self.scope == "deployment" and self.runtime.hub.engine.name == "redis"
+
+    # -- the supervisor: lease (when needed), run, restart after a failure -------------------------------------
+
+    def _supervise(self) -> None:
+        lease = _Lease(self.runtime, self.name) if self._needs_lease() else None
+        while not self._stop.is_set():
+            if lease is not None and not lease.acquire():
+                self.state = "standby"
+                self._stop.wait(LEASE_RENEW)
+                continue
+            run_stop = threading.Event()
+            self.state, self.error, self.started_at = "running", None, time.time()
+            worker = Task(lambda: self._call(run_stop), name=f"rover-stream-producer-{self.name}-run")
+            try:
+                while not self._stop.wait(LEASE_RENEW if lease is not None else 0.5):
+                    if self.state == "failed":
+                        break
+                    if lease is not None and not lease.renew():
+                        log.warning("producer %s lost its lease; standing by", self.name)
+                        break
+            finally:
+                run_stop.set()
+                worker.join(2.0)
+                worker.cancel()
+                if lease is not None:
+                    lease.release()
+            if self.state == "failed" and not self._stop.is_set():
+                self._stop.wait(RESTART_AFTER)
+        self.state = "stopped"
+
+    def _call(self, stop: threading.Event) -> None:
+        try:
+            self.run(stop)
+        except Exception as exc:  # noqa: BLE001 (reported, then restarted)
+            log.exception("producer %s failed", self.name)
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.state = "failed"
+            return
+        if not stop.is_set():  # it returned by itself: done for good
+            self.state = "stopped"
+            self._stop.set()
+
+    def status(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"state": self.state, "scope": self.scope}
+        if self.error:
+            info["error"] = self.error
+        return info
+
+
+class _Lease:
+    """A Redis key that says which process runs a deployment-wide producer."""
+
+    def __init__(self, runtime: StreamRuntime, name: str) -> None:
+        engine = runtime.hub.engine
+        self.engine = engine
+        self.key = f"{engine.prefix}lease:{name}"
+        self.holder = f"{engine.worker_id}"
+        self.held = False
+
+    def acquire(self) -> bool:
+        try:
+            self.held = bool(self.engine.client().set(self.key, self.holder, nx=True, px=int(LEASE_TTL * 1000)))
+        except Exception as exc:  # noqa: BLE001 (Redis down: stand by, try again)
+            log.debug("lease %s: %s", self.key, exc)
+            self.held = False
+        return self.held
+
+    def renew(self) -> bool:
+        try:
+            self.held = bool(self.engine.client().eval(_RENEW, 1, self.key, self.holder, int(LEASE_TTL * 1000)))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not renew lease %s: %s", self.key, exc)
+            self.held = False
+        return self.held
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                self.engine.client().eval(_RELEASE, 1, self.key, self.holder)
+            except Exception:  # noqa: BLE001 (it expires by itself)
+                pass
+            self.held = False
+
+
+def add_producer(app: Flask, name: str, run: Callable[[threading.Event], Any], *,
+                 scope: str = "deployment") -> Producer:
+    """Register ``run(stop)`` as a producer of ``app`` (see the module's documentation)."""
+    from .runtime import get_runtime
+
+    runtime = get_runtime(app)
+    if name in runtime.producers:
+        raise ValueError(f"a producer named {name!r} is already registered")
+    producer = Producer(runtime, name, run, scope)
+    runtime.producers[name] = producer
+    if runtime.producers_started:
+        producer.start()
+    return producer
