@@ -2,14 +2,34 @@
 
 Nothing in the library imports this package except :func:`rover_stream.create_app`, and only when
 ``ROVER_DEMO`` is on; deleting it leaves the library whole.
+
+* :mod:`.routes` -- the dashboard, the rover image, downloads, the synchronous streaming page's examples;
+* :mod:`.guide` -- the streaming guide's and the SSE API pages' examples, and the rover's telemetry;
+* :mod:`.live` -- the producers (telemetry, once per deployment; server metrics, once per worker) and the
+  request counters behind ``/analytics-stream``;
+* :mod:`.telemetry` -- the rover simulation, a pure function of time.
 """
 
 from __future__ import annotations
 
 from flask import Flask
 
+import rover_stream as rs
+
 
 def register_demo(app: Flask) -> None:
+    from . import live
+    from .guide import ConnectionRegistry, MainStreamClients, guide
     from .routes import demo
 
+    counters = live.Counters()
+    app.extensions["rover_demo_counters"] = counters
+    app.extensions["rover_demo_connections"] = ConnectionRegistry()
+    app.extensions["rover_demo_main_stream"] = MainStreamClients()
+    app.extensions["rover_demo_sampler"] = live.ProcessSampler()
+    app.before_request(counters.count_request)
+    app.after_request(counters.count_response)
     app.register_blueprint(demo)
+    app.register_blueprint(guide)
+    rs.add_producer(app, "rover-telemetry", live.telemetry_producer(app))
+    rs.add_producer(app, "server-metrics", live.metrics_producer(app, counters), scope="worker")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, current_app, jsonify, render_template, request
 
 import rover_stream as rs
 
+from . import live
 from .rover_image import ensure_rover_image
 
 demo = Blueprint("demo", __name__)
@@ -47,9 +50,55 @@ def _float_arg(name: str, default: float, maximum: float) -> float:
     return value
 
 
+ENDPOINTS = {
+    "dashboard": "/",
+    "rover_image": "/stream/rover-image",
+    "rover_telemetry": "/stream/rover-telemetry",
+    "comms": "/ws/comms/{team_channel}",
+    "stream": "/stream",
+    "events": "/events",
+    "live_metrics": "/live-metrics",
+    "metrics": "/metrics",
+    "realtime": "/realtime/{channel}",
+    "broadcast_api": "/api/broadcast",
+    "broadcast_stream": "/broadcast-stream",
+    "broadcast": "/broadcast",
+    "chat": "/chat/{username}",
+    "chat_send": "/chat/send",
+    "analytics": "/analytics-stream",
+    "managed": "/managed-stream",
+    "process": "/process-stream",
+    "large_dataset": "/large-dataset",
+    "health_monitored": "/health-monitored-stream",
+    "count": "/stream/count",
+    "csv": "/csv",
+    "json_stream": "/json-stream",
+    "large_file": "/large-file",
+    "download": "/download/{filename}",
+    "stream_stats": "/admin/stream-stats",
+    "health": "/health",
+}
+
+
+def _counters() -> live.Counters:
+    return current_app.extensions["rover_demo_counters"]  # type: ignore[no-any-return]
+
+
 @demo.get("/")
 def index() -> Any:
-    return render_template("index.html")
+    """The dashboard for browsers; the seed's JSON status document for clients that ask for JSON."""
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"], default="text/html")
+    if best == "application/json" and request.accept_mimetypes["application/json"] > \
+            request.accept_mimetypes["text/html"]:
+        stats = rs.streaming_stats()
+        return jsonify(status="running", clients=stats.active_streams, endpoints=ENDPOINTS)
+    visitor, new = live.visitor_id()
+    _counters().count_page_view(visitor)
+    response = current_app.make_response(render_template("index.html"))
+    response.headers["Vary"] = "Accept"
+    if new:
+        response.set_cookie(live.VISITOR_COOKIE, visitor, max_age=365 * 86400, httponly=True, samesite="Lax")
+    return response
 
 
 @demo.get("/events")
@@ -68,9 +117,8 @@ def events() -> Any:
 
 
 @demo.get("/stream/count")
-@demo.get("/stream")
 def count() -> Any:
-    """The plain-text counter of the streaming guide: ``Count: N`` lines, ten a second."""
+    """The plain-text counter of the synchronous streaming page: ``Count: N`` lines, ten a second."""
     rows = _int_arg("n", 10, 100_000)
 
     def generate() -> Any:
@@ -117,3 +165,41 @@ def rover_image() -> Any:
 def download(filename: str) -> Any:
     """Files from the uploads folder: 404 JSON when missing, Content-Disposition, Range, conditional."""
     return rs.send_from_directory(current_app.config["ROVER_UPLOADS_DIR"], filename, as_attachment=True)
+
+
+#: Size of the file /large-file serves (generated once in ROVER_DATA_DIR).
+LARGE_FILE_BYTES = 32 * 1024 * 1024
+
+
+def ensure_large_file(directory: Path) -> Path:
+    """``large_file.bin``: LARGE_FILE_BYTES of pseudo-random bytes, written once (atomically: several
+    workers may race to write it)."""
+    path = directory / "large_file.bin"
+    if path.exists() and path.stat().st_size == LARGE_FILE_BYTES:
+        return path
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / f".large_file.{os.getpid()}.part"
+    with open(partial, "wb") as f:
+        seed = hashlib.sha256(b"rover_stream large file").digest()
+        block = b"".join(hashlib.sha256(seed + i.to_bytes(4, "big")).digest() for i in range(2048))  # 64 KiB
+        for _ in range(LARGE_FILE_BYTES // len(block)):
+            f.write(block)
+    os.replace(partial, path)
+    return path
+
+
+@demo.get("/large-file")
+def large_file() -> Any:
+    """A 32 MiB binary file, sent with sendfile, Content-Length and Range (the page's backpressure example:
+    the server sends as fast as the client takes, and no faster)."""
+    path = rs.run_blocking(ensure_large_file, Path(current_app.config["ROVER_DATA_DIR"]))
+    return rs.send_file(path, mimetype="application/octet-stream", as_attachment=True,
+                        download_name="large_file.bin")
+
+
+@demo.get("/admin/stream-stats")
+def stream_stats() -> Any:
+    """The page's ``streaming_stats()``: active streams, total bytes streamed, average throughput,
+    connection errors (this worker process). Needs an admin token when ROVER_SECRET_KEY is set."""
+    rs.require_admin(current_app.config["ROVER_SECRET_KEY"])
+    return jsonify(rs.streaming_stats().as_dict())
