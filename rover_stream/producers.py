@@ -23,6 +23,8 @@ elsewhere; ``GET /health`` reports each one as ``running``, ``standby`` (another
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -96,6 +98,16 @@ class Producer:
     # -- the supervisor: lease (when needed), run, restart after a failure -------------------------------------
 
     def _supervise(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._supervise_once()
+            except Exception as exc:  # noqa: BLE001 (never let the supervisor die: report, retry)
+                log.exception("producer %s: supervisor failed", self.name)
+                self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+                self._stop.wait(RESTART_AFTER)
+        self.state = "stopped"
+
+    def _supervise_once(self) -> None:
         lease = _Lease(self.runtime, self.name) if self._needs_lease() else None
         while not self._stop.is_set():
             if lease is not None and not lease.acquire():
@@ -103,6 +115,8 @@ class Producer:
                 self._stop.wait(LEASE_RENEW)
                 continue
             run_stop = threading.Event()
+            if lease is not None:
+                log.info("producer %s runs in this process (lease %s held by %s)", self.name, lease.key, lease.holder)
             self.state, self.error, self.started_at = "running", None, time.time()
             worker = Task(lambda: self._call(run_stop), name=f"rover-stream-producer-{self.name}-run")
             try:
@@ -120,7 +134,6 @@ class Producer:
                     lease.release()
             if self.state == "failed" and not self._stop.is_set():
                 self._stop.wait(RESTART_AFTER)
-        self.state = "stopped"
 
     def _call(self, stop: threading.Event) -> None:
         try:
@@ -147,8 +160,10 @@ class _Lease:
     def __init__(self, runtime: StreamRuntime, name: str) -> None:
         engine = runtime.hub.engine
         self.engine = engine
+        engine.client()  # connects lazily, after the fork: the engine's id for this process exists from here
         self.key = f"{engine.prefix}lease:{name}"
-        self.holder = f"{engine.worker_id}"
+        # Who holds it, for operators (and tests): host, process, and the engine's id for this process.
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{engine.worker_id}"
         self.held = False
 
     def acquire(self) -> bool:

@@ -366,3 +366,51 @@ def test_health_and_status_document(server: Any) -> None:
     assert document["status"] == "running" and document["clients"] >= 1 and document["endpoints"]["stream"] == "/stream"
     page = request(server.port, "/", {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
     assert page.status == 200 and page.headers["content-type"].startswith("text/html")
+
+
+# -- one rover for the whole deployment ---------------------------------------------------------------------
+
+def test_one_telemetry_producer_across_workers_and_failover_without_a_gap(live_server: Any,
+                                                                           redis_server: Any) -> None:
+    """Two workers on Redis: one of them holds the producer's lease and publishes each tick once; when it is
+    killed, the other takes over, publishes the ticks that were missed, and a client that resumes with its
+    Last-Event-ID sees every tick once."""
+    import signal
+
+    server = live_server(app="wsgi:app", env={"ROVER_REDIS_URL": redis_server.url, "ROVER_WORKERS": "2"})
+    reader = sse(server, "/stream/rover-telemetry")
+    events = reader.events(1, timeout=10)
+    while data(events[-1])["tick"] < telemetry.current_tick() - 1:  # past the start-up backfill: live
+        events += reader.events(1, timeout=10)
+    events += reader.events(2, timeout=10)
+    ticks = [data(e)["tick"] for e in events]
+    assert ticks == list(range(ticks[0], ticks[0] + len(ticks)))  # each tick once, though two workers run
+    ticks = ticks[-3:]
+    holder = redis_server.command("GET", "rover:lease:rover-telemetry").split(b"\r\n")[1].decode()
+    pid = int(holder.split(":")[1])
+    assert pid in server.worker_pids()
+    os.kill(pid, signal.SIGKILL)
+    last_id = events[-1].last_event_id
+    seen = list(ticks)
+    deadline = time.monotonic() + 30
+    while seen[-1] < ticks[-1] + 8 and time.monotonic() < deadline:
+        try:
+            for event in reader.events(1, timeout=10):
+                seen.append(data(event)["tick"])
+                last_id = event.last_event_id
+        except (ConnectionError, TimeoutError, OSError):  # our stream was on the killed worker: resume
+            reader = sse(server, "/stream/rover-telemetry", {"Last-Event-ID": last_id})
+    assert seen == list(range(ticks[0], ticks[0] + len(seen))), seen
+    assert seen[-1] >= ticks[-1] + 8
+    holder_now = redis_server.command("GET", "rover:lease:rover-telemetry").split(b"\r\n")[1].decode()
+    assert int(holder_now.split(":")[1]) != pid, (holder, holder_now, server.worker_pids(), server.log()[-3000:])
+
+
+def test_several_workers_without_redis_show_the_same_rover(live_server: Any) -> None:
+    server = live_server(app="wsgi:app", env={"ROVER_WORKERS": "2"})
+    readers = [sse(server, "/stream/rover-telemetry") for _ in range(6)]  # spread over both workers
+    readings = [data(reader.events(1, timeout=8)[0]) for reader in readers]
+    for reading in readings:
+        assert reading == telemetry.reading(reading["tick"])
+    pids = {get_json(server.port, "/health")["pid"] for _ in range(20)}
+    assert pids <= set(server.worker_pids())
