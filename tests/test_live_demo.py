@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 from conftest import need
-from wire_helpers import SSEReader, get_json, request, wait_for
+from wire_helpers import SSEReader, get_json, wait_for
+from wire_helpers import request as raw_request
 
 import rover_stream as rs
 from rover_stream.wire.sse_parser import EventStreamParser
@@ -24,6 +25,23 @@ from rover_stream.demo import telemetry
 @pytest.fixture(scope="module")
 def server(module_server: Any) -> Any:
     return module_server(app="wsgi:app")
+
+
+_OPEN: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_connections() -> Any:
+    """Every connection a test opens is closed after it (a leaked socket is a test failure)."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def request(port: int, path: str, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
+    response = raw_request(port, path, headers, **kwargs)
+    _OPEN.append(response)
+    return response
 
 
 class Reader(SSEReader):
@@ -169,6 +187,7 @@ def test_download_from_the_uploads_folder(server: Any) -> None:
 
 def test_process_stream_reports_progress_then_completed(server: Any) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    _OPEN.append(connection)
     connection.request("POST", "/process-stream", json.dumps({"total_items": 50, "delay": 0}),
                        {"Content-Type": "application/json"})
     answer = connection.getresponse()

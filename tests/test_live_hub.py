@@ -101,32 +101,35 @@ def test_frozen_subscriber_does_not_hold_back_the_others(server: Any) -> None:
     frozen.connect(("127.0.0.1", server.port))
     frozen.sendall(f"GET /realtime/busy HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode())
     fast = [subscribe(server.port, "busy") for _ in range(3)]
-    assert wait_for(lambda: get_json(server.port, "/test/state")["hub"]["subscribers"] == 4, timeout=5)
     publish = Publisher(server.port)
-    payload = "x" * 2000
-    sent = 0
-    slowest_publish = 0.0
-    # Publish until the frozen client is gone: the hub drops it when its queue overflows (after its
-    # socket buffers fill: a few MB), or the kernel cuts it first (TCP_USER_TIMEOUT on a zero window).
-    def frozen_gone() -> bool:
-        return get_json(server.port, "/test/state")["hub"]["subscribers_per_channel"].get("busy", 0) <= 3
+    try:
+        assert wait_for(lambda: get_json(server.port, "/test/state")["hub"]["subscribers"] == 4, timeout=5)
+        payload = "x" * 2000
+        sent = 0
+        slowest_publish = 0.0
+        # Publish until the frozen client is gone: the hub drops it when its queue overflows (after its
+        # socket buffers fill: a few MB), or the kernel cuts it first (TCP_USER_TIMEOUT on a zero window).
+        def frozen_gone() -> bool:
+            return get_json(server.port, "/test/state")["hub"]["subscribers_per_channel"].get("busy", 0) <= 3
 
-    while not frozen_gone():
-        assert sent < 20_000, f"the frozen subscriber was never let go: {get_json(server.port, '/test/state')}"
-        for _ in range(25):
-            for _ in range(20):
-                started = time.monotonic()
-                publish("busy", {"i": sent, "pad": payload})
-                slowest_publish = max(slowest_publish, time.monotonic() - started)
-                sent += 1
-            for reader in fast:  # the fast clients keep reading all along
-                reader.events(20, timeout=20)
-    for reader in fast:
-        assert [json.loads(e.data)["i"] for e in reader.dispatched] == list(range(sent))
-        reader.response.close()
-    assert slowest_publish < 1.0, f"a publish was held up for {slowest_publish:.2f} s"
-    publish.close()
-    frozen.close()
+        while not frozen_gone():
+            assert sent < 20_000, f"the frozen subscriber was never let go: {get_json(server.port, '/test/state')}"
+            for _ in range(25):
+                for _ in range(20):
+                    started = time.monotonic()
+                    publish("busy", {"i": sent, "pad": payload})
+                    slowest_publish = max(slowest_publish, time.monotonic() - started)
+                    sent += 1
+                for reader in fast:  # the fast clients keep reading all along
+                    reader.events(20, timeout=20)
+        for reader in fast:
+            assert [json.loads(e.data)["i"] for e in reader.dispatched] == list(range(sent))
+        assert slowest_publish < 1.0, f"a publish was held up for {slowest_publish:.2f} s"
+    finally:
+        for reader in fast:
+            reader.response.close()
+        publish.close()
+        frozen.close()
 
 
 def test_departed_subscriber_is_removed_within_two_heartbeats(server: Any) -> None:
