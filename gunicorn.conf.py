@@ -8,12 +8,26 @@
 # docs/settings.md), so the server and the app always agree; a command-line flag given to gunicorn still
 # wins over this file.
 
+import glob
 import os
 import resource
+import shutil
+import tempfile
 
 from rover_stream import settings as _settings
 
 _s = _settings.load()
+
+# Metrics shared by the workers
+#
+#   prometheus_client's multiprocess mode: every worker writes its metrics to files in this directory and
+#   whichever worker answers /metrics or /admin/stream-stats reads them all. Set here, before any worker
+#   (or a preloaded app) imports prometheus_client; a fresh directory per server unless
+#   PROMETHEUS_MULTIPROC_DIR is set (its old files are then removed at start).
+
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rover-stream-metrics-")
 
 # Server socket
 #
@@ -85,6 +99,9 @@ control_socket_disable = True
 def on_starting(server):
     from rover_stream.auth import exposure_problem
 
+    for stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(stale)
+
     problem = exposure_problem(server.cfg.bind, _s["SECRET_KEY"])
     if problem:
         server.log.error(problem)
@@ -104,11 +121,25 @@ def on_starting(server):
 
 def post_worker_init(worker):
     from rover_stream.lifecycle import watch_worker
+    from rover_stream.logs import configure_logging
     from rover_stream.runtime import start_all_producers
 
+    configure_logging(_s["LOG_LEVEL"], _s["LOG_FORMAT"])
     watch_worker(worker)
     start_all_producers()  # the app's producers run from the worker's start, not its first request
 
 
 def worker_int(worker):
     worker.log.info("worker %s interrupted", os.getpid())
+
+
+def child_exit(server, worker):
+    # The dead worker's gauges (open streams, subscribers) leave the totals; its counters stay in them.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -24,6 +24,7 @@ from .concurrency import run_blocking
 from .errors import ApiError, ConfigError, EncodeError, RoverStreamError, ServiceUnavailable, StreamAborted
 from .files import send_file, send_from_directory
 from .hub import Hub, Message, Subscription
+from .metrics import METRICS_CHANNEL
 from .pipe import FeedEnded, PipeClosed
 from .producers import add_producer
 from .runtime import StreamingStats, get_hub, get_runtime, publish, streaming_stats
@@ -33,9 +34,10 @@ from .wire.sse import Event, encode
 from .wire.tabular import FLUSH
 
 __all__ = [
-    "ApiError", "ConfigError", "EncodeError", "Event", "FLUSH", "FeedEnded", "Hub", "Message", "PipeClosed", "RoverStreamError",
-    "Subscription", "StreamingStats", "add_producer", "get_hub", "get_runtime", "publish", "streaming_stats",
-    "ServiceUnavailable", "StreamAborted", "StreamingResponse", "StreamingWriter", "create_app", "csv_response",
-    "encode", "init_app", "mint_token", "require", "require_admin", "last_event_id", "ndjson_response", "run_blocking", "send_file", "send_from_directory",
-    "sse_response",
+    "ApiError", "ConfigError", "EncodeError", "Event", "FLUSH", "FeedEnded", "Hub", "METRICS_CHANNEL",
+    "Message", "PipeClosed", "RoverStreamError", "ServiceUnavailable", "StreamAborted", "StreamingResponse",
+    "StreamingStats", "StreamingWriter", "Subscription", "add_producer", "create_app", "csv_response", "encode",
+    "get_hub", "get_runtime", "init_app", "last_event_id", "mint_token", "ndjson_response", "publish",
+    "require", "require_admin", "run_blocking", "send_file", "send_from_directory", "sse_response",
+    "streaming_stats",
 ]

@@ -3,54 +3,44 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask
 
 from . import settings as settings_module
 from .errors import register_error_handlers
-from .runtime import get_runtime, init_runtime
+from .runtime import init_runtime
 
 log = logging.getLogger("rover_stream")
 
 
 def init_app(app: Flask, config: Mapping[str, Any] | None = None) -> None:
     """Set rover_stream up on an existing Flask app: settings (from ``config``, then ``app.config``, then the
-    environment; validated now), the stream runtime and hub, JSON errors, ``GET /health`` and the hub's HTTP
-    API (``/realtime``, ``/api/broadcast``)."""
+    environment; validated now), the stream runtime and hub, JSON errors, the operations endpoints
+    (``/health``, ``/ready``, ``/metrics``, ``/admin/stream-stats``), the hub's HTTP API (``/realtime``,
+    ``/api/broadcast``), WebSocket rooms, and two producers per worker: the metrics sync and the
+    ``server.metrics`` channel."""
     merged = {k: v for k, v in app.config.items() if k.startswith(settings_module.PREFIX)}
     merged.update(config or {})
     settings = settings_module.load(merged)
     app.config.update({s.key: settings[s.name] for s in settings_module.SETTINGS})
-    init_runtime(app, settings)
+    runtime = init_runtime(app, settings)
     register_error_handlers(app)
-    app.add_url_rule("/health", "health", _health)
     from .api import api
+    from .logs import init_logging
+    from .metrics import publish_process_metrics
+    from .ops import ops
+    from .producers import add_producer
     from .rooms import init_rooms
 
+    init_logging(app)
+    app.before_request(runtime.metrics.count_request)
+    app.register_blueprint(ops)
     app.register_blueprint(api)
     init_rooms(app)
-
-
-def _health() -> Any:
-    """Liveness: answers while streams are at their cap, since it holds no stream slot."""
-    runtime = get_runtime()
-    engine = runtime.hub.engine
-    body: dict[str, Any] = {
-        "status": "shutting_down" if runtime.shutting_down else "ok",
-        "pid": os.getpid(),
-        "connected_clients": runtime.open_streams,
-        "open_streams": runtime.open_streams,
-        "max_streams": runtime.max_streams,
-        "engine": engine.name,
-        "producers": {name: p.status()["state"] for name, p in runtime.producers.items()},
-    }
-    if engine.name == "redis":
-        engine.ping()
-        body["redis"] = engine.stats()["redis"]
-    return jsonify(body)
+    add_producer(app, "metrics-sync", runtime.metrics.run_sync, scope="worker")
+    add_producer(app, "server-metrics", publish_process_metrics(runtime), scope="worker")
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

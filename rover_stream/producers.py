@@ -22,6 +22,7 @@ elsewhere; ``GET /health`` reports each one as ``running``, ``standby`` (another
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -118,7 +119,7 @@ class Producer:
             if lease is not None:
                 log.info("producer %s runs in this process (lease %s held by %s)", self.name, lease.key, lease.holder)
             self.state, self.error, self.started_at = "running", None, time.time()
-            worker = Task(lambda: self._call(run_stop), name=f"rover-stream-producer-{self.name}-run")
+            worker = Task(functools.partial(self._call, run_stop), name=f"rover-stream-producer-{self.name}-run")
             try:
                 while not self._stop.wait(LEASE_RENEW if lease is not None else 0.5):
                     if self.state == "failed":

@@ -8,6 +8,7 @@ lock: under gevent nothing preempts between two bytecodes of ours, and under rea
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -19,6 +20,8 @@ from flask import Flask, current_app, g
 from . import signals
 from .errors import ServiceUnavailable
 from .hub import Hub, MemoryEngine
+from .logs import stream_context
+from .metrics import ProcessMetrics
 from .parked import ParkingLot
 from .producers import Producer
 from .settings import Settings
@@ -50,6 +53,7 @@ class StreamRuntime:
         self.stream_seconds = 0.0  # summed durations of the streams that ended
         self.producers: dict[str, Producer] = {}
         self.producers_started = False
+        self.metrics = ProcessMetrics(self)
         _RUNTIMES.add(self)
 
     def start_producers(self) -> None:
@@ -86,15 +90,21 @@ class StreamRuntime:
                 "too_many_streams",
             )
         self.streams_opened += 1
+        body.log_context = stream_context()
+        self.metrics.opened(body.kind)
         signals.emit(signals.stream_opened, body, kind=body.kind)
 
     def _reject(self, body: StreamBody, message: str, code: str) -> None:
         self.streams_rejected += 1
+        self.metrics.rejected(code)
         signals.emit(signals.stream_rejected, body, reason=code)
         raise ServiceUnavailable(message, code=code, retry_after=max(1, self.settings["RETRY_MS"] // 1000))
 
     def release(self, body: StreamBody, reason: str) -> None:
+        if body not in self._open:
+            return  # released once only
         self._open.discard(body)
+        self.metrics.released(body, reason)
         self.bytes_sent += body.bytes_sent
         self.stream_seconds += body.duration
         if reason == "error":
@@ -132,7 +142,7 @@ class StreamRuntime:
 
 @dataclass(frozen=True)
 class StreamingStats:
-    """What :func:`streaming_stats` returns (this worker process's streams)."""
+    """What :func:`streaming_stats` returns: every worker's streams together (see :mod:`.metrics`)."""
 
     active_streams: int
     active_websockets: int
@@ -141,27 +151,63 @@ class StreamingStats:
     connection_errors: int
     streams_opened: int
     streams_rejected: int
+    events_published: int
+    events_delivered: int
+    slow_clients_dropped: int
+    events_replayed: int
+    replay_resets: int
+    subscribers_per_channel: dict[str, int]
+    members_per_room: dict[str, int]
+    open_streams_per_worker: dict[str, int]
+    workers: int
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def streaming_stats(app: Flask | None = None) -> StreamingStats:
-    """The seed's ``streaming_stats()``: active streams (SSE, downloads, WebSocket members), bytes streamed
-    (ended and open streams), the average throughput of a stream while it was open, in megabits a second,
-    and streams that ended in an error."""
-    runtime = get_runtime(app)
-    open_bodies = list(runtime._open)
-    total = runtime.bytes_sent + sum(body.bytes_sent for body in open_bodies)
-    seconds = runtime.stream_seconds + sum(body.duration for body in open_bodies)
+    """See :func:`streaming_stats_of` (for the current app, or ``app``)."""
+    return streaming_stats_of(get_runtime(app))
+
+
+def streaming_stats_of(runtime: StreamRuntime) -> StreamingStats:
+    """The seed's ``streaming_stats()``, over every worker of this server: active streams (SSE, downloads,
+    WebSocket members), bytes streamed, the average throughput of a stream while it is open (megabits a
+    second), streams that ended in an error, the hub's counters, subscribers per channel, members per room.
+    Counters of other workers are at most ``metrics.SYNC_INTERVAL`` seconds old."""
+    from .metrics import read_samples, total
+
+    runtime.metrics.sync()
+    samples = read_samples()
+    seconds = total(samples, "rover_stream_seconds_total") + sum(b.duration for b in list(runtime._open))
+    streamed = int(total(samples, "rover_stream_bytes_sent_total"))
+    per_worker: dict[str, int] = {}
+    for labels, value in samples.get("rover_streams_open", ()):
+        pid = labels.get("pid", str(os.getpid()))
+        per_worker[pid] = per_worker.get(pid, 0) + int(value)
+
+    def by(name: str, label: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for labels, value in samples.get(name, ()):
+            if value:
+                counts[labels[label]] = counts.get(labels[label], 0) + int(value)
+        return counts
+
+    hub = {name: int(total(samples, f"rover_{name}_total")) for name in
+           ("events_published", "events_delivered", "slow_clients_dropped", "events_replayed", "replay_resets")}
     return StreamingStats(
-        active_streams=len(open_bodies),
-        active_websockets=sum(1 for body in open_bodies if getattr(body, "kind", "") == "websocket"),
-        total_bytes_streamed=total,
-        avg_throughput_mbps=round(total * 8 / 1e6 / seconds, 3) if seconds > 0 else 0.0,
-        connection_errors=runtime.stream_errors,
-        streams_opened=runtime.streams_opened,
-        streams_rejected=runtime.streams_rejected,
+        active_streams=int(total(samples, "rover_streams_open")),
+        active_websockets=int(total(samples, "rover_streams_open", kind="websocket")),
+        total_bytes_streamed=streamed,
+        avg_throughput_mbps=round(streamed * 8 / 1e6 / seconds, 3) if seconds > 0 else 0.0,
+        connection_errors=int(total(samples, "rover_stream_errors_total")),
+        streams_opened=int(total(samples, "rover_streams_opened_total")),
+        streams_rejected=int(total(samples, "rover_streams_rejected_total")),
+        subscribers_per_channel=by("rover_channel_subscribers", "channel"),
+        members_per_room=by("rover_room_members", "room"),
+        open_streams_per_worker=per_worker,
+        workers=max(1, len({labels.get("pid") for labels, _ in samples.get("rover_worker_up", ())})),
+        **hub,
     )
 
 

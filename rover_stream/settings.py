@@ -183,6 +183,9 @@ SETTINGS: tuple[Setting, ...] = (
             "an integer number of seconds from 0 to 3600"),
     Setting("LOG_LEVEL", _choice("debug", "info", "warning", "error", "critical"), "info",
             "Log level of gunicorn and the app.", "debug, info, warning, error or critical"),
+    Setting("LOG_FORMAT", _choice("plain", "json"), "plain",
+            "The app's log lines (stream open/close/drop, errors): plain text, or one JSON object per line.",
+            "plain or json"),
     # Streams
     Setting("MAX_STREAMS", _optional(_integer(1)), None,
             "Open streams allowed per worker; beyond it new streams get 503 with Retry-After. "

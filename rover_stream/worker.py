@@ -17,7 +17,6 @@ from typing import Any
 from gunicorn.workers.base_async import ALREADY_HANDLED
 from gunicorn.workers.ggevent import GeventWorker
 
-
 #: Longest wait for parked streams to end after the server stopped (they are cut after FORCE_CLOSE_AFTER).
 DRAIN_TIMEOUT = 3.0
 

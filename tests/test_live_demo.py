@@ -18,8 +18,8 @@ from wire_helpers import SSEReader, get_json, wait_for
 from wire_helpers import request as raw_request
 
 import rover_stream as rs
-from rover_stream.wire.sse_parser import EventStreamParser
 from rover_stream.demo import telemetry
+from rover_stream.wire.sse_parser import EventStreamParser
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_the_simulation_is_plausible() -> None:
     driving = [r for r in day if r["status"] == "driving"]
     assert driving and all(r["speed_mps"] > 0 for r in driving)
     # the battery drains while driving and charges in sunlight when parked
-    pairs = list(zip(day, day[1:]))
+    pairs = list(zip(day, day[1:], strict=False))
     assert all(b["battery_level"] <= a["battery_level"] for a, b in pairs if a["status"] == "driving")
     assert any(b["battery_level"] > a["battery_level"] for a, b in pairs if a["status"] == "charging")
     # warmest in the afternoon, coldest before dawn; the rover moves only while driving
@@ -361,8 +361,10 @@ def test_metrics_is_an_event_stream_for_event_stream_clients(server: Any) -> Non
     reader = sse(server, "/metrics", {"Accept": "text/event-stream"})
     event = reader.events(1, timeout=6)[0]
     assert event.event == "metrics" and "cpu_usage" in data(event)
-    plain = get_json(server.port, "/metrics")
-    assert plain["pid"] in server.worker_pids() and "memory_mb" in plain
+    assert data(event)["pid"] in server.worker_pids() and "memory_mb" in data(event)
+    prometheus = request(server.port, "/metrics")
+    assert prometheus.status == 200 and prometheus.headers["content-type"].startswith("text/plain")
+    assert b"rover_streams_open" in prometheus.body()
 
 
 def test_realtime_channel_and_api_broadcast(server: Any) -> None:
@@ -379,7 +381,7 @@ def test_health_and_status_document(server: Any) -> None:
     reader.events(1)
     health = get_json(server.port, "/health")
     assert health["status"] == "ok" and health["connected_clients"] >= 1
-    assert health["producers"] == {"rover-telemetry": "running", "server-metrics": "running"}
+    assert health["producers"] == {"rover-telemetry": "running", "server-metrics": "running", "metrics-sync": "running"}
     status = request(server.port, "/", {"Accept": "application/json"})
     document = json.loads(status.body())
     assert document["status"] == "running" and document["clients"] >= 1 and document["endpoints"]["stream"] == "/stream"

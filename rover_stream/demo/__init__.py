@@ -5,8 +5,8 @@ Nothing in the library imports this package except :func:`rover_stream.create_ap
 
 * :mod:`.routes` -- the dashboard, the rover image, downloads, the synchronous streaming page's examples;
 * :mod:`.guide` -- the streaming guide's and the SSE API pages' examples, and the rover's telemetry;
-* :mod:`.live` -- the producers (telemetry, once per deployment; server metrics, once per worker) and the
-  request counters behind ``/analytics-stream``;
+* :mod:`.live` -- the telemetry producer (once per deployment) and the request counters behind
+  ``/analytics-stream`` (the server's own metrics come from the library: ``rs.METRICS_CHANNEL``);
 * :mod:`.telemetry` -- the rover simulation, a pure function of time.
 """
 
@@ -26,10 +26,8 @@ def register_demo(app: Flask) -> None:
     app.extensions["rover_demo_counters"] = counters
     app.extensions["rover_demo_connections"] = ConnectionRegistry()
     app.extensions["rover_demo_main_stream"] = MainStreamClients()
-    app.extensions["rover_demo_sampler"] = live.ProcessSampler()
     app.before_request(counters.count_request)
     app.after_request(counters.count_response)
     app.register_blueprint(demo)
     app.register_blueprint(guide)
     rs.add_producer(app, "rover-telemetry", live.telemetry_producer(app))
-    rs.add_producer(app, "server-metrics", live.metrics_producer(app, counters), scope="worker")

@@ -3,8 +3,9 @@
 From the streaming guide: ``/live-metrics``, ``POST /process-stream``, ``/managed-stream``,
 ``/broadcast-stream`` + ``POST /broadcast``, ``/chat/<username>`` + ``POST /chat/send``,
 ``/analytics-stream``, ``/large-dataset``, ``/health-monitored-stream``. From the SSE API pages: ``/stream``
-(the main stream) and ``/metrics`` (its SSE form). The rover's telemetry: ``/stream/rover-telemetry`` and
-``/api/rover/telemetry`` (recent readings, to fill a chart before the live ones arrive).
+(the main stream); ``/metrics`` is the library's (Prometheus, or the metrics event stream). The rover's
+telemetry: ``/stream/rover-telemetry`` and ``/api/rover/telemetry`` (recent readings, to fill a chart before
+the live ones arrive).
 
 Streams that many clients share (telemetry, metrics, broadcasts, chat) are hub channels fed once, not a
 loop per client; the others are generators, one per client, as in the guide.
@@ -14,8 +15,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import socket
 import threading
 import time
 import uuid
@@ -102,7 +101,7 @@ def live_metrics() -> Any:
     """``event: metrics`` every 2 s with the server's real CPU, memory, connections and request rate (one
     event per worker process)."""
     hub = rs.get_hub()
-    return rs.sse_response(hub.subscribe(live.METRICS_CHANNEL, last_event_id=rs.last_event_id()))
+    return rs.sse_response(hub.subscribe(rs.METRICS_CHANNEL, last_event_id=rs.last_event_id()))
 
 
 @guide.post("/process-stream")
@@ -371,16 +370,3 @@ def main_stream() -> Any:
             clients.ids.discard(client_id)
 
     return rs.sse_response(generate(), retry=5000)
-
-
-@guide.get("/metrics")
-def metrics() -> Any:
-    """For ``Accept: text/event-stream``: the real-time metrics stream (as ``/live-metrics``). Others get
-    this worker's current figures as JSON."""
-    if request.accept_mimetypes.best == "text/event-stream" or \
-            "text/event-stream" in request.headers.get("Accept", ""):
-        return live_metrics()
-    sampler: live.ProcessSampler = current_app.extensions["rover_demo_sampler"]
-    counters: live.Counters = current_app.extensions["rover_demo_counters"]
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    return jsonify(live.sample(app, sampler, socket.gethostname(), os.getpid(), counters.requests_per_second()))

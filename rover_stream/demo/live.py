@@ -4,17 +4,12 @@
   tick of :mod:`.telemetry` on ``rover.telemetry``. When it starts it first publishes the ticks the channel's
   history lacks (after a restart, or when it takes over from a producer on another host), at most
   :data:`BACKFILL` of them, so a client that resumes with its Last-Event-ID sees no gap.
-* The **metrics producer** (one per worker process) publishes this process's real figures on
-  ``server.metrics`` every :data:`METRICS_INTERVAL` seconds: CPU (from ``os.times``), memory (``/proc``),
-  open sockets, requests a second, and the stream statistics of :func:`rover_stream.streaming_stats`.
 * :class:`Counters` counts requests, page views, unique visitors (a cookie), API calls and errors of this
   worker process, for ``/analytics-stream`` and the metrics.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 import uuid
@@ -27,10 +22,8 @@ import rover_stream as rs
 from . import telemetry
 
 TELEMETRY_CHANNEL = "rover.telemetry"
-METRICS_CHANNEL = "server.metrics"
 CHAT_CHANNEL = "chat"
 BACKFILL = 90  # ticks: three minutes
-METRICS_INTERVAL = 2.0
 VISITOR_COOKIE = "rover_visitor"
 MAX_VISITORS = 100_000  # distinct visitors remembered (beyond that, new ones are not counted)
 
@@ -115,100 +108,3 @@ def telemetry_producer(app: Flask) -> Any:
             following = max(following, now + 1)
 
     return run
-
-
-class ProcessSampler:
-    """This process's CPU use between two samples, its memory, its sockets."""
-
-    def __init__(self) -> None:
-        self._cpu = self._cpu_seconds()
-        self._at = time.monotonic()
-        self._page = os.sysconf("SC_PAGE_SIZE")
-
-    @staticmethod
-    def _cpu_seconds() -> float:
-        times = os.times()
-        return times.user + times.system
-
-    def cpu_percent(self) -> float:
-        cpu, at = self._cpu_seconds(), time.monotonic()
-        percent = (cpu - self._cpu) / max(at - self._at, 1e-6) * 100
-        self._cpu, self._at = cpu, at
-        return round(percent, 1)
-
-    def rss_mb(self) -> float:
-        try:
-            with open("/proc/self/statm") as f:
-                return round(int(f.read().split()[1]) * self._page / 1024 / 1024, 1)
-        except (OSError, IndexError, ValueError):
-            import resource
-
-            return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-    @staticmethod
-    def memory_percent() -> float | None:
-        """The machine's memory in use, in percent."""
-        try:
-            with open("/proc/meminfo") as f:
-                info = {line.split(":")[0]: int(line.split()[1]) for line in f if ":" in line}
-            return round((info["MemTotal"] - info["MemAvailable"]) / info["MemTotal"] * 100, 1)
-        except (OSError, KeyError, ValueError, ZeroDivisionError):
-            return None
-
-    @staticmethod
-    def open_sockets() -> int | None:
-        """Sockets this process has open: client connections (and the listener, Redis connections)."""
-        try:
-            count = 0
-            for name in os.listdir("/proc/self/fd"):
-                try:
-                    if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
-                        count += 1
-                except OSError:
-                    pass
-            return count
-        except OSError:
-            return None
-
-
-def metrics_producer(app: Flask, counters: Counters) -> Any:
-    def run(stop: threading.Event) -> None:
-        hub = rs.get_hub(app)
-        sampler = ProcessSampler()
-        host, pid = socket.gethostname(), os.getpid()
-        requests, at = counters.requests, time.monotonic()
-        while not stop.wait(METRICS_INTERVAL):
-            now = time.monotonic()
-            rate = (counters.requests - requests) / max(now - at, 1e-6)
-            requests, at = counters.requests, now
-            with app.app_context():
-                figures = sample(app, sampler, host, pid, rate)
-            hub.publish(METRICS_CHANNEL, figures, event="metrics")
-
-    return run
-
-
-def sample(app: Flask, sampler: ProcessSampler, host: str, pid: int, rate: float) -> dict[str, Any]:
-    stats = rs.streaming_stats(app)
-    cpu = sampler.cpu_percent()
-    memory = sampler.memory_percent()
-    return {
-        "host": host,
-        "pid": pid,
-        # the seed's names
-        "cpu_usage": cpu,
-        "memory_usage": memory,
-        "active_connections": sampler.open_sockets(),
-        "requests_per_second": round(rate, 2),
-        # and more precise ones
-        "cpu_percent": cpu,
-        "memory_mb": sampler.rss_mb(),
-        "open_connections": sampler.open_sockets(),
-        "open_streams": stats.active_streams,
-        "websocket_members": stats.active_websockets,
-        "active_streams": stats.active_streams,
-        "total_bytes_streamed": stats.total_bytes_streamed,
-        "avg_throughput_mbps": stats.avg_throughput_mbps,
-        "connection_errors": stats.connection_errors,
-        "timestamp": time.time(),
-    }

@@ -195,11 +195,3 @@ def large_file() -> Any:
     path = rs.run_blocking(ensure_large_file, Path(current_app.config["ROVER_DATA_DIR"]))
     return rs.send_file(path, mimetype="application/octet-stream", as_attachment=True,
                         download_name="large_file.bin")
-
-
-@demo.get("/admin/stream-stats")
-def stream_stats() -> Any:
-    """The page's ``streaming_stats()``: active streams, total bytes streamed, average throughput,
-    connection errors (this worker process). Needs an admin token when ROVER_SECRET_KEY is set."""
-    rs.require_admin(current_app.config["ROVER_SECRET_KEY"])
-    return jsonify(rs.streaming_stats().as_dict())

@@ -1,0 +1,98 @@
+"""Operations endpoints: ``/health`` (liveness), ``/ready`` (readiness), ``/metrics`` (Prometheus, or the
+metrics event stream), ``/admin/stream-stats`` (``streaming_stats()`` as JSON).
+
+``/metrics`` and ``/admin/stream-stats`` need an admin token when ``ROVER_SECRET_KEY`` is set (Prometheus
+sends one with ``authorization: {credentials: ...}`` in its scrape config); the metrics event stream for
+``Accept: text/event-stream`` carries the same figures as the dashboard's and follows the channel rules.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from .auth import require, require_admin
+from .metrics import METRICS_CHANNEL, exposition
+from .runtime import get_runtime, streaming_stats
+from .sse import last_event_id, sse_response
+
+ops = Blueprint("rover_stream_ops", __name__)
+
+
+def _secret() -> str | None:
+    return current_app.config["ROVER_SECRET_KEY"]  # type: ignore[no-any-return]
+
+
+@ops.get("/health")
+def health() -> Any:
+    """Liveness: the process answers (also while streams are at their cap: it holds no stream slot)."""
+    runtime = get_runtime()
+    engine = runtime.hub.engine
+    body: dict[str, Any] = {
+        "status": "shutting_down" if runtime.shutting_down else "ok",
+        "pid": os.getpid(),
+        "connected_clients": runtime.open_streams,
+        "open_streams": runtime.open_streams,
+        "max_streams": runtime.max_streams,
+        "engine": engine.name,
+        "producers": {name: p.status()["state"] for name, p in runtime.producers.items()},
+    }
+    if engine.name == "redis":
+        engine.ping()
+        body["redis"] = engine.stats()["redis"]
+    return jsonify(body)
+
+
+@ops.get("/ready")
+def ready() -> Any:
+    """Readiness: 200 when this worker should get new clients, 503 (with the failing checks) when not:
+    shutting down, at its stream cap, the hub not answering, or Redis (when configured) unreachable."""
+    runtime = get_runtime()
+    checks: dict[str, dict[str, Any]] = {}
+    checks["shutdown"] = {"ok": not runtime.shutting_down}
+    checks["capacity"] = {"ok": runtime.open_streams < runtime.max_streams, "open_streams": runtime.open_streams,
+                          "max_streams": runtime.max_streams}
+    engine = runtime.hub.engine
+    try:
+        runtime.hub.stats()
+        checks["hub"] = {"ok": True, "engine": engine.name}
+    except Exception as exc:  # noqa: BLE001 (reported, not raised)
+        checks["hub"] = {"ok": False, "engine": engine.name, "error": f"{type(exc).__name__}: {exc}"}
+    if engine.name == "redis":
+        try:
+            checks["redis"] = {"ok": bool(engine.ping())}
+        except Exception as exc:  # noqa: BLE001
+            checks["redis"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if not checks["redis"]["ok"] and "error" not in checks["redis"]:
+            checks["redis"]["error"] = engine.stats()["redis"].get("last_error")
+    ok = all(check["ok"] for check in checks.values())
+    response = jsonify(status="ready" if ok else "not_ready", pid=os.getpid(), checks=checks)
+    response.status_code = 200 if ok else 503
+    if not ok:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+@ops.get("/metrics")
+def metrics() -> Any:
+    """Prometheus text (every worker), or for ``Accept: text/event-stream`` the metrics event stream."""
+    if "text/event-stream" in request.headers.get("Accept", ""):
+        hub = get_runtime().hub
+        return sse_response(hub.subscribe(METRICS_CHANNEL, last_event_id=last_event_id()))
+    require_admin(_secret())
+    get_runtime().metrics.sync()
+    body, content_type = exposition()
+    return Response(body, content_type=content_type)
+
+
+@ops.get("/admin/stream-stats")
+def stream_stats() -> Any:
+    """``streaming_stats()`` as JSON: active streams, bytes, throughput, errors, the hub's counters,
+    subscribers per channel, members per room -- every worker together."""
+    require_admin(_secret())
+    return jsonify(streaming_stats().as_dict())
+
+
+__all__ = ["ops", "require"]
