@@ -103,7 +103,7 @@ def on_peer_close(sock: Any, callback: Callable[[], Any]) -> Callable[[], None] 
         return None
     from gevent import get_hub
 
-    fd = sock.fileno()
+    fd = sock if isinstance(sock, int) else sock.fileno()
     watcher = get_hub().loop.io(fd, 1)  # 1: readable
 
     def readable() -> None:

@@ -39,10 +39,11 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 #: Hub counters (hub attribute -> metric name without ``rover_`` and ``_total``).
 HUB_COUNTERS = {
     "published": "events_published",
-    "delivered": "events_delivered",
+    "delivered": "events_queued",
+    "handed_out": "events_delivered",
     "dropped_slow": "slow_clients_dropped",
     "lost_events": "events_dropped",
-    "replayed": "events_replayed",
+    "replayed_out": "events_replayed",
     "resets": "replay_resets",
     "subscriptions": "subscriptions",
 }
@@ -268,7 +269,6 @@ def reset_for_tests() -> None:
 #: The hub channel of the ``server-metrics`` producer (one per worker): ``GET /metrics`` for event-stream
 #: clients, the demo's ``/live-metrics`` and its dashboard read it.
 METRICS_CHANNEL = "server.metrics"
-METRICS_INTERVAL = 2.0
 
 
 class ProcessSampler:
@@ -355,12 +355,16 @@ def sample(runtime: StreamRuntime, sampler: ProcessSampler, requests_per_second:
 
 
 def publish_process_metrics(runtime: StreamRuntime) -> Any:
-    """The ``server-metrics`` producer: this worker's figures every METRICS_INTERVAL seconds."""
+    """The ``server-metrics`` producer: this worker's figures every ``ROVER_METRICS_INTERVAL`` seconds."""
 
     def run(stop: threading.Event) -> None:
+        interval: float = runtime.settings["METRICS_INTERVAL"]
+        if not interval:
+            stop.wait()  # turned off (ROVER_METRICS_INTERVAL=0)
+            return
         sampler = ProcessSampler()
         requests, at = runtime.metrics.requests, time.monotonic()
-        while not stop.wait(METRICS_INTERVAL):
+        while not stop.wait(interval):
             now = time.monotonic()
             rate = (runtime.metrics.requests - requests) / max(now - at, 1e-6)
             requests, at = runtime.metrics.requests, now

@@ -66,7 +66,7 @@ def ready() -> Any:
         except Exception as exc:  # noqa: BLE001
             checks["redis"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         if not checks["redis"]["ok"] and "error" not in checks["redis"]:
-            checks["redis"]["error"] = engine.stats()["redis"].get("last_error")
+            checks["redis"]["error"] = engine.stats().get("redis_error") or "unreachable"
     ok = all(check["ok"] for check in checks.values())
     response = jsonify(status="ready" if ok else "not_ready", pid=os.getpid(), checks=checks)
     response.status_code = 200 if ok else 503

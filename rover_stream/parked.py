@@ -90,7 +90,8 @@ class ParkedStream:
         self.blocked_since = 0.0
         self.write_watcher: Any = None
         self.closed = False
-        self.stop_read_watch = on_peer_close(sock, self._on_peer_eof) if watch_eof else None
+        # Watch our own descriptor: gunicorn closes its socket (and that fd number is soon reused).
+        self.stop_read_watch = on_peer_close(self.fd, self._on_peer_eof) if watch_eof else None
         self.subscription.notify = functools.partial(lot.mark, self)  # type: ignore[attr-defined]
 
     # -- called from the hub or the event loop: never block ----------------------------------------------------
@@ -126,6 +127,9 @@ class ParkedStream:
         if parts:
             self._write(parts[0] if len(parts) == 1 else b"".join(parts), now)
             subscription: Any = self.subscription
+            if subscription.taken_time:  # delivery latency, sampled per write (see rover_stream.metrics)
+                self.lot.latency.record(time.time() - subscription.taken_time)
+                subscription.taken_time = 0.0
             if not self.unsent and (subscription.backlog or subscription.preamble or subscription.queue.qsize()):
                 self.lot.mark(self)  # more to write (replay, queued events): after the others had their turn
 
@@ -202,6 +206,7 @@ class ParkingLot:
         self._probing: list[ParkedStream] = []
         self._ready = threading.Event()
         self._writer: Any = None
+        self.latency = runtime.metrics.latency
         self._readable: list[Any] = []
         self._read_ready = threading.Event()
         self._reader: Any = None

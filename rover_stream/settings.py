@@ -183,6 +183,9 @@ SETTINGS: tuple[Setting, ...] = (
             "an integer number of seconds from 0 to 3600"),
     Setting("LOG_LEVEL", _choice("debug", "info", "warning", "error", "critical"), "info",
             "Log level of gunicorn and the app.", "debug, info, warning, error or critical"),
+    Setting("METRICS_INTERVAL", _seconds(exclusive=False), 2.0,
+            "Seconds between the server.metrics events each worker publishes (the dashboard's and /metrics' "
+            "event stream); 0 turns them off.", "a number of seconds >= 0"),
     Setting("LOG_FORMAT", _choice("plain", "json"), "plain",
             "The app's log lines (stream open/close/drop, errors): plain text, or one JSON object per line.",
             "plain or json"),

@@ -56,7 +56,9 @@ class Hub:
         #: gevent nothing else makes a busy publisher wait), so queues do not overflow while clients read.
         self.crowded = False
         self.published = 0
-        self.delivered = 0
+        self.delivered = 0  # queued for subscribers
+        self.handed_out = 0  # taken by the subscribers' responses to be written (duplicates already dropped)
+        self.replayed_out = 0  # of those, replayed from history
         self.dropped_slow = 0
         self.lost_events = 0
         self.subscriptions = 0

@@ -58,6 +58,7 @@ class Subscription:
         self.dropped: str | None = None  # why the hub let go of this subscriber
         self.closed = False
         self.delivered = 0
+        self.taken_time = 0.0  # publish time of the oldest message handed out by the last take (latency)
         self.lost = 0
         #: Called (from the hub, must not block) when something was queued: parked streams use it.
         self.notify: Callable[[], None] | None = None
@@ -118,6 +119,8 @@ class Subscription:
                     return []
                 self._seen = message.key
                 self.delivered += 1
+                self.hub.handed_out += 1
+                self.taken_time = message.time
                 return [message.payload]
             if not count:
                 return []
@@ -130,6 +133,8 @@ class Subscription:
         while self.backlog:
             batch = [self.backlog.popleft() for _ in range(min(REPLAY_BATCH, len(self.backlog)))]
             rendered = self._render(batch)
+            self.taken_time = 0.0  # a replay's age is not a delivery latency
+            self.hub.replayed_out += len(rendered)
             if rendered:
                 return rendered
         if self.dropped is not None or self.closed:
@@ -162,6 +167,11 @@ class Subscription:
         return rendered or None
 
     def _render(self, messages: Iterable[Any]) -> list[bytes]:
+        messages = list(messages)
+        for message in messages:
+            if message is not _WAKE:
+                self.taken_time = message.time
+                break
         out: list[bytes] = []
         cursor = self.cursor
         if self.websocket:
@@ -187,6 +197,7 @@ class Subscription:
                 cursor[message.channel] = message.key
                 out.append(b"id: " + self.cursor_text().encode() + b"\n" + message.wrapped())
         self.delivered += len(out)
+        self.hub.handed_out += len(out)
         return out
 
     def cursor_text(self) -> str:
