@@ -628,8 +628,33 @@
   function onTelemetry(payload) {
     mission.telemetryEvents++;
     lastLiveAt = performance.now();
+    const ticks = mission.ticks;
+    const last = ticks.length ? ticks[ticks.length - 1] : null;
     if (recordTelemetry(payload)) telemetryChanged();
     else refreshFreshness();
+    // A tick that fell between the backfill and the live stream (or a gap the history could not replay):
+    // readings are a function of the tick, so ask the server for the ones we lack.
+    if (last !== null && payload && isNum(payload.tick) && payload.tick - last > 1 && payload.tick - last <= 1000) {
+      fillTelemetryGap(payload.tick - last + 2);
+    }
+  }
+
+  async function fillTelemetryGap(count) {
+    try {
+      const res = await fetch(ROOT + "/api/rover/telemetry?last=" + Math.min(1000, count), { cache: "no-store" });
+      if (!res.ok) return;
+      const body = await res.json();
+      let added = 0;
+      for (const item of (body && Array.isArray(body.telemetry) ? body.telemetry : [])) {
+        if (recordTelemetry(item)) added++;
+      }
+      if (added) {
+        telemetryChanged();
+        linkLog("telemetry gap filled: " + added + " points");
+      }
+    } catch (err) {
+      linkLog("telemetry gap fill failed: " + (err && err.message ? err.message : err));
+    }
   }
 
   async function backfillTelemetry() {

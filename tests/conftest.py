@@ -30,7 +30,7 @@ def need(executable: str) -> str:
     """The path of ``executable``, or skip (fail in CI) when it is not installed."""
     import shutil
 
-    path = shutil.which(executable)
+    path = shutil.which(executable) or shutil.which(executable, path="/usr/sbin:/sbin")  # nginx lives in sbin
     if path is None:
         message = f"{executable} is not installed"
         if REQUIRE_SERVICES:

@@ -70,6 +70,8 @@ def test_dashboard_loads_and_goes_live(browser: Any, server: Any) -> None:
     page = Page(browser, server.url)
     try:
         page.wait("m.telemetryEvents >= 3", timeout=15)  # three readings, every two seconds
+        # backfill + live: no gap (a tick that fell between the two is fetched), no duplicate
+        page.wait("m.ticks.every((t, i) => i === 0 || t === m.ticks[i - 1] + 1)", timeout=5)
         ticks = page.mission("ticks")
         assert ticks == list(range(ticks[0], ticks[0] + len(ticks)))  # backfill + live: no gap, no duplicate
         battery = page.page.inner_text("#telemetry-battery")
