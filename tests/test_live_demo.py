@@ -231,7 +231,8 @@ def test_broadcast_reaches_every_broadcast_stream(server: Any) -> None:
 
 def test_chat_join_leave_messages_and_the_last_ten(server: Any) -> None:
     for i in range(12):
-        assert post_json(server, "/chat/send", {"user": "ada", "message": f"note {i}"}) == (200, {"status": "message_sent"})
+        sent = post_json(server, "/chat/send", {"user": "ada", "message": f"note {i}"})
+        assert sent == (200, {"status": "message_sent"})
     grace = sse(server, "/chat/grace")
     history = [data(e) for e in grace.events(10)]
     assert [m["text"] for m in history] == [f"note {i}" for i in range(2, 12)]

@@ -190,7 +190,8 @@ def test_nothing_follows_the_close_frame(server: Any) -> None:
     for i in range(300):
         payload = json.dumps({"text": f"flood {i}"}).encode()
         try:
-            sock.sendall(bytes((0x81, 0x80 | len(payload))) + mask + bytes(b ^ mask[k % 4] for k, b in enumerate(payload)))
+            masked = bytes(b ^ mask[k % 4] for k, b in enumerate(payload))
+            sock.sendall(bytes((0x81, 0x80 | len(payload))) + mask + masked)
         except OSError:
             break
     sock.settimeout(5)

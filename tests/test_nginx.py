@@ -55,9 +55,10 @@ class Nginx:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
                 break
-            except OSError:
+            except OSError as exc:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"nginx did not start: {self.proc.stderr.read().decode()}")  # type: ignore[union-attr]
+                    errors = self.proc.stderr.read().decode()  # type: ignore[union-attr]
+                    raise RuntimeError(f"nginx did not start: {errors}") from exc
                 time.sleep(0.05)
 
     def stop(self) -> None:
