@@ -257,35 +257,55 @@ def target(scenario: str, key: str, value: float, best: float | None, run: dict[
     return ""
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per scenario, system and figure: the median of the repeats, their spread, the ratio of
+    medians to the best peer, and the target's verdict (on the median)."""
     rows = []
     for scenario in SCENARIOS:
-        mine = {r["system"]: r for r in runs if r["scenario"] == scenario}
-        if not mine:
+        systems: dict[str, list[dict[str, Any]]] = {}
+        for r in runs:
+            if r["scenario"] == scenario:
+                systems.setdefault(r["system"], []).append(r)
+        if not systems:
             continue
         for key, label, higher in FIGURES[scenario]:
-            peers = [(s, figure(r, key)) for s, r in mine.items() if s != ROVER and "error" not in r]
-            peers = [(s, v) for s, v in peers if v is not None]
+            medians: dict[str, float] = {}
+            for system, mine in systems.items():
+                values = [v for v in (figure(r, key) for r in mine if "error" not in r) if v is not None]
+                if values:
+                    medians[system] = _median(values)
+            peers = [(s, v) for s, v in medians.items() if s != ROVER]
             best = (max if higher else min)(peers, key=lambda p: p[1]) if peers else None
-            for system, run in mine.items():
-                row = {"scenario": scenario, "system": system, "figure": label, "value": "", "ratio": "",
-                       "result": ""}
-                if "error" in run:
-                    row["value"] = run["error"][:60]
+            for system, mine in systems.items():
+                row = {"scenario": scenario, "system": system, "figure": label, "value": "", "spread": "",
+                       "ratio": "", "result": "", "values": [], "median_value": None, "target": ""}
+                good = [r for r in mine if "error" not in r]
+                if not good:
+                    row["value"] = mine[0]["error"][:60]
                     rows.append(row)
                     continue
-                value = figure(run, key)
+                values = [v for v in (figure(r, key) for r in good) if v is not None]
+                value = medians.get(system)
+                row["values"], row["median_value"] = values, value
                 row["value"] = "-" if value is None else f"{value:,.2f}"
+                if len(values) > 1:
+                    row["spread"] = f"{min(values):,.2f}..{max(values):,.2f}"
                 if value is not None and best and best[1]:
                     row["ratio"] = f"x{value / best[1]:.2f} ({best[0]})"
                 if system == ROVER and value is not None:
-                    row["result"] = target(scenario, key, value, best[1] if best else None, run)
+                    row["result"] = target(scenario, key, value, best[1] if best else None, good[0])
                 rows.append(row)
     return rows
 
 
 def print_table(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> None:
-    cols = ("scenario", "system", "figure", "value", "ratio", "result")
+    cols = ("scenario", "system", "figure", "value", "spread", "ratio", "result")
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols))
     for row in rows:
@@ -311,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frozen-count", type=int, default=5000)
     parser.add_argument("--window", type=int, default=128, help="frames the sender may be ahead")
     parser.add_argument("--drain-timeout", type=float, default=10.0)
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement (median, min..max)")
     parser.add_argument("--skip-install", action="store_true")
     args = parser.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -322,9 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="rooms-"))
     runs: list[dict[str, Any]] = []
     try:
-        for scenario in scenarios:
+        for repeat, scenario in ((r, s) for s in scenarios for r in range(args.repeat)):
             for name in systems:
-                log(f"{scenario}: {name} ...")
+                log(f"{scenario}: {name} (run {repeat + 1} of {args.repeat}) ...")
                 try:
                     run = measure(name, scenario, args, python, work)
                     log(f"    {run['received']:,}/{run['expected']:,} received, "
