@@ -584,6 +584,8 @@ def _check_websocket_request() -> Any:
 @rooms_api.get("/api/rooms/<room>")
 def room_info(room: str) -> Any:
     validate_channel(room)
+    if is_private(room):  # who is in a private room is as private as what is said there
+        require(get_runtime().settings["SECRET_KEY"], "subscribe", [room])
     presence: Presence = current_app.extensions["rover_stream_presence"]
     members = presence.members(room)
     return jsonify(room=room, members=members, count=len(members))

@@ -180,7 +180,9 @@ def managed_stream() -> Any:
 
 @guide.get("/managed-stream/connections")
 def managed_connections() -> Any:
-    """The open ``/managed-stream`` connections of this worker, with their metadata."""
+    """The open ``/managed-stream`` connections of this worker, with their metadata (client addresses:
+    an admin token is needed when auth is on)."""
+    rs.require_admin(current_app.config["ROVER_SECRET_KEY"])
     connections = _registry().snapshot()
     return jsonify(active_connections=len(connections), connections=connections)
 
@@ -195,10 +197,12 @@ def broadcast_stream() -> Any:
 @guide.post("/broadcast")
 def send_broadcast() -> Any:
     """``{"message": "...", "sender": "..."}`` to everyone on ``/broadcast-stream`` (and the dashboard)."""
+    channel = rs.get_runtime().settings["DEFAULT_CHANNEL"]
+    rs.require(current_app.config["ROVER_SECRET_KEY"], "publish", [channel])  # with auth on: a publish token
     body = _json_object()
     message = {"type": "broadcast", "message": _text_field(body, "message", None, MAX_TEXT),
                "sender": _text_field(body, "sender", "server", MAX_NAME), "timestamp": _now_iso()}
-    result = rs.publish(rs.get_runtime().settings["DEFAULT_CHANNEL"], message)
+    result = rs.publish(channel, message)
     return jsonify(status="broadcast_sent", message=message, recipients=result.subscribers)
 
 
@@ -242,6 +246,7 @@ def join_chat(username: str) -> Any:
 @guide.post("/chat/send")
 def send_chat_message() -> Any:
     """``{"user": "...", "message": "..."}`` to everyone on ``/chat/<username>``."""
+    rs.require(current_app.config["ROVER_SECRET_KEY"], "publish", [live.CHAT_CHANNEL])
     body = _json_object()
     message = {"type": "message", "user": _text_field(body, "user", "Anonymous", MAX_NAME),
                "text": _text_field(body, "message", None, MAX_TEXT), "timestamp": _now_iso()}
