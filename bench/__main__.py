@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         table.extend({"suite": suite, **row} for row in rows_of(suite, path))
     print("\nrover_stream against its peers (medians of the repeats; ratio to the best peer):\n")
-    cols = ("scenario", "figure", "median", "spread", "ratio", "result")
+    cols = ("scenario", "system", "figure", "median", "spread", "ratio", "result")
     shown = [{**r, "median": "-" if r["median"] is None else f"{r['median']:,.2f}"} for r in table]
     widths = {c: max([len(c)] + [len(str(r[c])) for r in shown]) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols))

@@ -27,14 +27,14 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 VENV = HERE / ".venv-peers"
 FIELDS = ("curve", "subscribers", "event_bytes", "deliveries_per_second", "server_cpu_us_per_delivery",
-          "rss_kb_per_connection", "server_cores", "loadgen_cores", "received", "expected")
+          "rss_kb_per_connection", "server_cores", "loadgen_cores", "received", "expected", "delivered_fraction")
 
 
 def point(subscribers: int, size: int, duration: float) -> dict[str, Any]:
     started = time.time() - 1
     cmd = [sys.executable, str(HERE / "fanout.py"), "burst", "--systems", "rover_stream", "--burst-subscribers",
            str(subscribers), "--payload", str(size), "--duration", f"{duration:g}", "--drain-timeout", "30",
-           "--connect-rate", "2000", "--skip-install"]
+           "--connect-rate", "2000", "--skip-install", "--rover-env", "ROVER_MAX_BODY_BYTES=1048576"]
     subprocess.run(cmd, cwd=HERE.parent, stdout=subprocess.DEVNULL, timeout=duration + 300)
     found = [p for p in RESULTS.glob("fanout-*.json") if p.stat().st_mtime >= started]
     if not found:
@@ -42,6 +42,8 @@ def point(subscribers: int, size: int, duration: float) -> dict[str, Any]:
     run = json.loads(max(found, key=lambda p: p.stat().st_mtime).read_text())["runs"][0]
     if "error" in run:
         raise RuntimeError(run["error"])
+    if not run.get("received"):
+        raise RuntimeError(f"nothing delivered ({run.get('publish_errors')} publish errors)")
     return {
         "subscribers": subscribers, "event_bytes": size,
         "deliveries_per_second": round(run["deliveries_per_second"], 1),
@@ -49,6 +51,7 @@ def point(subscribers: int, size: int, duration: float) -> dict[str, Any]:
         "rss_kb_per_connection": round(run["rss_per_connection_connected"] / 1024, 2),
         "server_cores": round(run["server_cores"], 3), "loadgen_cores": round(run["subscriber_loadgen_cores"], 3),
         "received": run["received"], "expected": run["expected_deliveries"],
+        "delivered_fraction": round(run["received"] / max(1, run["expected_deliveries"]), 4),
     }
 
 

@@ -139,6 +139,12 @@ def log(message: str) -> None:
 def raise_nofile() -> None:
     """In the child before exec: the open-file limit up to its hard maximum (5,000+ sockets)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1 << 17:
+        try:  # root may raise the hard limit too (20,000 idle subscribers need more than 20,000 files)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, 1 << 17))
+            hard = 1 << 17
+        except (ValueError, OSError):
+            pass
     wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
@@ -396,7 +402,8 @@ def start_rover(env: Env) -> System:
     environ = base_env()
     environ.update({"ROVER_LOG_LEVEL": "info", "ROVER_WORKERS": "1",
                     "ROVER_HEARTBEAT_INTERVAL": f"{env.heartbeat:g}",
-                    "ROVER_WORKER_CONNECTIONS": str(env.worker_connections), **env.rover_env})
+                    "ROVER_WORKER_CONNECTIONS": str(env.worker_connections), "ROVER_PUBLISH_RATE": "0",
+                    **env.rover_env})
     proc, port = start_gunicorn(ROVER, sys.executable, GUNICORN_CONF, ROOT, "wsgi:app", environ, env.work)
     return System(ROVER, [proc], port, f"/realtime/{CHANNEL}", "block")
 
@@ -408,7 +415,8 @@ def start_rover_redis(env: Env) -> System:
         environ.update({"ROVER_LOG_LEVEL": "info", "ROVER_WORKERS": "2",
                         "ROVER_REDIS_URL": f"redis://{LOOPBACK}:{redis_port}/0",
                         "ROVER_HEARTBEAT_INTERVAL": f"{env.heartbeat:g}",
-                        "ROVER_WORKER_CONNECTIONS": str(env.worker_connections), **env.rover_env})
+                        "ROVER_WORKER_CONNECTIONS": str(env.worker_connections), "ROVER_PUBLISH_RATE": "0",
+                    **env.rover_env})
         proc, port = start_gunicorn(ROVER_REDIS, sys.executable, GUNICORN_CONF, ROOT, "wsgi:app", environ,
                                     env.work)
     except BaseException:

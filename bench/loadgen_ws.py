@@ -11,8 +11,9 @@ got its own join (rover_stream and the peers send ``{"type": "join", "user": <it
 Talks to its parent in JSON lines: prints ``ready``, waits for ``go`` on stdin, sends (``burst``: as fast as
 the slowest reading member lets it, at most ``--window`` frames ahead, for ``--duration`` seconds;
 ``frozen``: ``--count`` frames; ``steady``: ``--rate`` messages a second in total, round robin over the
-rooms, each from its room's first member and stamped with its scheduled time), waits for the frames to arrive (``--drain-timeout``), prints ``done`` with
-its figures, and exits after ``stop`` (connections stay open until then).
+rooms, each from its room's first member and stamped with its scheduled time), waits for the frames to
+arrive (``--drain-timeout``), prints ``done`` with its figures, and exits after ``stop`` (connections stay
+open until then).
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def start_system(name: str, python: Path, work: Path) -> tuple[System, bool]:
     if name == ROVER:
         env = base_env()
         env.update({"ROVER_LOG_LEVEL": "info", "ROVER_WORKERS": "1", "ROVER_WORKER_CONNECTIONS": "12000",
-                    "ROVER_WS_MESSAGE_RATE": "1000000"})
+                    "ROVER_WS_MESSAGE_RATE": "1000000", "ROVER_PUBLISH_RATE": "0"})
         proc, port = start_gunicorn(ROVER, sys.executable, GUNICORN_CONF, ROOT, "wsgi:app", env, work)
         return System(ROVER, [proc], port, "/ws/comms", "ws"), False
     env = base_env()
@@ -368,8 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = RESULTS / f"rooms-{stamp}.json"
     out.write_text(json.dumps({"started": stamp, "argv": sys.argv[1:], "machine": {
         "cpus": os.cpu_count(), "platform": platform.platform()}, "settings": vars(args),
-        "targets": {"steady_p99_ms": STEADY_P99_MS, "burst_cpu_ratio": BURST_CPU_RATIO, "burst_rate_ratio": BURST_RATE_RATIO, "idle_kb": IDLE_KB,
-                    "frozen_rss_mb": FROZEN_RSS_MB}, "rows": rows, "runs": runs}, indent=2, default=str))
+        "targets": {"steady_p99_ms": STEADY_P99_MS, "burst_cpu_ratio": BURST_CPU_RATIO,
+                    "burst_rate_ratio": BURST_RATE_RATIO, "idle_kb": IDLE_KB, "frozen_rss_mb": FROZEN_RSS_MB},
+        "rows": rows, "runs": runs}, indent=2, default=str))
     log(f"wrote {out}")
     return 1 if any(r["system"] == ROVER and r["result"] == "MISS" for r in rows) else 0
 

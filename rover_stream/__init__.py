@@ -24,6 +24,7 @@ from .concurrency import run_blocking
 from .errors import ApiError, ConfigError, EncodeError, RoverStreamError, ServiceUnavailable, StreamAborted
 from .files import send_file, send_from_directory
 from .hub import Hub, Message, Subscription
+from .limits import check_publish_rate
 from .metrics import METRICS_CHANNEL
 from .pipe import FeedEnded, PipeClosed
 from .producers import add_producer
@@ -36,8 +37,8 @@ from .wire.tabular import FLUSH
 __all__ = [
     "ApiError", "ConfigError", "EncodeError", "Event", "FLUSH", "FeedEnded", "Hub", "METRICS_CHANNEL",
     "Message", "PipeClosed", "RoverStreamError", "ServiceUnavailable", "StreamAborted", "StreamingResponse",
-    "StreamingStats", "StreamingWriter", "Subscription", "add_producer", "create_app", "csv_response", "encode",
-    "get_hub", "get_runtime", "init_app", "last_event_id", "mint_token", "ndjson_response", "publish",
-    "require", "require_admin", "run_blocking", "send_file", "send_from_directory", "sse_response",
-    "streaming_stats",
+    "StreamingStats", "StreamingWriter", "Subscription", "add_producer", "check_publish_rate", "create_app",
+    "csv_response", "encode", "get_hub", "get_runtime", "init_app", "last_event_id", "mint_token",
+    "ndjson_response", "publish", "require", "require_admin", "run_blocking", "send_file",
+    "send_from_directory", "sse_response", "streaming_stats",
 ]

@@ -22,6 +22,7 @@ from flask import Blueprint, current_app, jsonify, request
 from .auth import require
 from .errors import ApiError, EncodeError
 from .hub import is_private, validate_channel
+from .limits import check_publish_rate
 from .runtime import get_runtime
 from .sse import last_event_id, sse_response
 
@@ -63,7 +64,8 @@ def broadcast() -> Any:
     request.max_content_length = runtime.settings["MAX_BODY_BYTES"]
     body = _json_body()
     channel, event, data = _broadcast_fields(body, runtime.settings["DEFAULT_CHANNEL"])
-    require(_secret(), "publish", [channel])
+    claims = require(_secret(), "publish", [channel])
+    check_publish_rate(claims)
     try:
         result = runtime.hub.publish(channel, data, event=event)
     except EncodeError as exc:

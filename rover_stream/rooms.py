@@ -570,6 +570,7 @@ def _check_websocket_request() -> Any:
                        code="origin_not_allowed")
     if is_private(room):
         require(settings["SECRET_KEY"], "subscribe", [room])
+    request.environ["rover_stream.room_user"] = _user_name()
     if "gunicorn.socket" not in request.environ:
         raise ApiError("WebSocket rooms need the gunicorn server (rover-stream serve).", status=501,
                        code="websocket_unsupported")
@@ -577,7 +578,6 @@ def _check_websocket_request() -> Any:
     if len(presence.rooms.get(room, ())) >= settings["ROOM_MAX_MEMBERS"]:
         raise ApiError(f"Room {room!r} is full ({settings['ROOM_MAX_MEMBERS']} members).", status=503,
                        code="room_full")
-    request.environ["rover_stream.room_user"] = _user_name()
     return None
 
 

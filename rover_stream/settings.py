@@ -241,6 +241,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DEFAULT_CHANNEL", _channel, "broadcast",
             "Channel of POST /api/broadcast bodies that name none (the seed's {message, timestamp} shape).",
             "a channel name: 1-100 of A-Z a-z 0-9 _ . -, starting with a letter or digit"),
+    Setting("PUBLISH_RATE", _seconds(exclusive=False), 0.0,
+            "Events a second one client (token subject, else address) may publish through the HTTP API, in "
+            "bursts of twice that (429 with Retry-After beyond); 0 for no limit.", "a number >= 0"),
     Setting("MAX_BODY_BYTES", _integer(64, 64 * 1024 * 1024), 64 * 1024,
             "Largest request body accepted by the HTTP API (413 beyond).", "an integer from 64 to 67108864"),
     Setting("SECRET_KEY", _optional(_secret), None,

@@ -200,3 +200,18 @@ def test_token_command(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
     assert 55 <= claims["exp"] - time.time() <= 61
     monkeypatch.delenv("ROVER_SECRET_KEY")
     assert main(["token", "--publish", "x"]) == 2
+
+
+def test_publishing_faster_than_the_rate_gets_429_with_retry_after(tmp_path: Any) -> None:
+    app = rs.create_app({"ROVER_DEMO": False, "ROVER_DATA_DIR": str(tmp_path), "ROVER_PUBLISH_RATE": 5})
+    client = app.test_client()
+    answers = [client.post("/api/broadcast", json={"channel": "news", "data": i}) for i in range(12)]
+    statuses = [a.status_code for a in answers]
+    assert statuses[:10] == [200] * 10  # a burst of twice the rate
+    limited = answers[10]
+    assert limited.status_code == 429 and limited.json["error"] == "rate_limited"
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert len(rs.get_hub(app).history("news")) == 10  # nothing published beyond the limit
+    other = client.post("/api/broadcast", json={"channel": "news", "data": "x"},
+                        environ_base={"REMOTE_ADDR": "10.0.0.9"})
+    assert other.status_code == 200  # another client has its own allowance

@@ -198,7 +198,7 @@ def broadcast_stream() -> Any:
 def send_broadcast() -> Any:
     """``{"message": "...", "sender": "..."}`` to everyone on ``/broadcast-stream`` (and the dashboard)."""
     channel = rs.get_runtime().settings["DEFAULT_CHANNEL"]
-    rs.require(current_app.config["ROVER_SECRET_KEY"], "publish", [channel])  # with auth on: a publish token
+    rs.check_publish_rate(rs.require(current_app.config["ROVER_SECRET_KEY"], "publish", [channel]))
     body = _json_object()
     message = {"type": "broadcast", "message": _text_field(body, "message", None, MAX_TEXT),
                "sender": _text_field(body, "sender", "server", MAX_NAME), "timestamp": _now_iso()}
@@ -246,7 +246,7 @@ def join_chat(username: str) -> Any:
 @guide.post("/chat/send")
 def send_chat_message() -> Any:
     """``{"user": "...", "message": "..."}`` to everyone on ``/chat/<username>``."""
-    rs.require(current_app.config["ROVER_SECRET_KEY"], "publish", [live.CHAT_CHANNEL])
+    rs.check_publish_rate(rs.require(current_app.config["ROVER_SECRET_KEY"], "publish", [live.CHAT_CHANNEL]))
     body = _json_object()
     message = {"type": "message", "user": _text_field(body, "user", "Anonymous", MAX_NAME),
                "text": _text_field(body, "message", None, MAX_TEXT), "timestamp": _now_iso()}

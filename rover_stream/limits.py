@@ -1,0 +1,71 @@
+"""Rate limits that protect the server: publishing (429 with Retry-After).
+
+Each client -- the token's subject when there is one, else its address -- may publish ``ROVER_PUBLISH_RATE``
+events a second, in bursts of twice that (a token bucket). Buckets live in the worker process (a client
+spread over several workers gets each worker's allowance) and the least recently used are forgotten
+beyond :data:`MAX_CLIENTS`, so a flood of addresses cannot grow memory without bound.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+
+from flask import current_app, request
+
+from .errors import ApiError
+
+MAX_CLIENTS = 10_000
+
+
+class TooManyRequests(ApiError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
+
+
+class RateLimiter:
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, rate * 2)
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> float:
+        """0 when ``key`` may go on, else the seconds until it may."""
+        now = time.monotonic()
+        with self._lock:
+            allowance, last = self._buckets.pop(key, (self.burst, now))
+            allowance = min(self.burst, allowance + (now - last) * self.rate)
+            wait = 0.0
+            if allowance >= 1:
+                allowance -= 1
+            else:
+                wait = (1 - allowance) / self.rate
+            self._buckets[key] = (allowance, now)
+            while len(self._buckets) > MAX_CLIENTS:
+                self._buckets.popitem(last=False)
+        return wait
+
+
+def check_publish_rate(claims: dict[str, object] | None = None) -> None:
+    """Raise 429 when the current client publishes faster than ``ROVER_PUBLISH_RATE`` (0: no limit)."""
+    from .runtime import get_runtime
+
+    runtime = get_runtime()
+    rate: float = runtime.settings["PUBLISH_RATE"]
+    if not rate:
+        return
+    limiter: RateLimiter | None = current_app.extensions.get("rover_stream_publish_limiter")
+    if limiter is None or limiter.rate != rate:
+        limiter = current_app.extensions["rover_stream_publish_limiter"] = RateLimiter(rate)
+    subject = claims.get("sub") if claims else None
+    key = f"sub:{subject}" if isinstance(subject, str) else f"addr:{request.remote_addr}"
+    wait = limiter.allow(key)
+    if wait:
+        raise TooManyRequests(f"Publishing is limited to {rate:g} events a second per client; "
+                              f"retry in {wait:.2f} s.", retry_after=wait)
