@@ -193,7 +193,7 @@ def test_redis_connections_stay_constant_with_a_thousand_subscribers(live_server
 
 
 def test_threaded_server_on_redis(live_server: Any, redis_server: Any) -> None:
-    server = live_server(kind="threaded", env=redis_env(redis_server))
+    server = live_server(kind="threaded", env=redis_env(redis_server, ROVER_DEMO="0", ROVER_METRICS_INTERVAL="0"))
     reader = subscribe(server.port, "threads")
     ids = published_ids(server.port, "threads", 10)
     assert [e.last_event_id for e in reader.events(10)] == ids

@@ -189,7 +189,9 @@ class Publisher:
 def subscribe(port: int, channel: str, last_event_id: str | None = None) -> SSEReader:
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     response = request(port, f"/realtime/{channel}", headers, timeout=10)
-    assert response.status == 200
+    if response.status != 200:
+        response.close()
+        raise AssertionError(f"subscribing to {channel!r}: {response.status} {response.buffer[:300]!r}")
     reader = SSEReader(response)
     reader.until(b"\n\nid: ")  # the retry hint, then the position block: subscribed
     return reader
