@@ -23,6 +23,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,6 +59,7 @@ SYSTEMS = tuple(STARTERS)
 def measure(name: str, env: Env, args: argparse.Namespace) -> dict[str, Any]:
     system = STARTERS[name](env)
     publisher = None
+    publisher_log = open(env.work / "publisher.log", "ab")  # noqa: SIM115 (closed in finally)
     try:
         time.sleep(0.5)
         publisher = subprocess.Popen(
@@ -65,7 +67,7 @@ def measure(name: str, env: Env, args: argparse.Namespace) -> dict[str, Any]:
              CHANNEL, "--mode", "rate", "--duration", f"{args.duration + 3:g}", "--rate", f"{args.rate:g}",
              "--connections", "2", "--payload", "64", "--start-at", repr(time.monotonic()), "--timeout", "30",
              "--max-lag", "10"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(env.work / "publisher.log", "ab"), env=base_env(), preexec_fn=raise_nofile)
+            stderr=publisher_log, env=base_env(), preexec_fn=raise_nofile)
         time.sleep(1.0)
         cpu0 = system.cpu()
         done = subprocess.run(
@@ -88,17 +90,12 @@ def measure(name: str, env: Env, args: argparse.Namespace) -> dict[str, Any]:
         if publisher is not None:
             publisher.terminate()
             publisher.wait(10)
+        publisher_log.close()
         system.stop()
 
 
 FIGURES = (("cycles_per_second", "cycles/s", True), ("p99_ms", "p99 cycle ms", False),
            ("server_cpu_ms_per_cycle", "server CPU ms/cycle", False), ("failures", "failed cycles", False))
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

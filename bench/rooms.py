@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -257,12 +258,6 @@ def target(scenario: str, key: str, value: float, best: float | None, run: dict[
     return ""
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per scenario, system and figure: the median of the repeats, their spread, the ratio of
     medians to the best peer, and the target's verdict (on the median)."""
@@ -279,7 +274,7 @@ def table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for system, mine in systems.items():
                 values = [v for v in (figure(r, key) for r in mine if "error" not in r) if v is not None]
                 if values:
-                    medians[system] = _median(values)
+                    medians[system] = median(values)
             peers = [(s, v) for s, v in medians.items() if s != ROVER]
             best = (max if higher else min)(peers, key=lambda p: p[1]) if peers else None
             for system, mine in systems.items():

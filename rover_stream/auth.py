@@ -85,17 +85,22 @@ def allows(patterns: Sequence[str], channel: str) -> bool:
     return any(fnmatch.fnmatchcase(channel, pattern) for pattern in patterns)
 
 
+def _request_claims(secret: str, missing: str) -> dict[str, Any]:
+    """The verified claims of the current request's token; 401 (``missing`` ...) without one."""
+    token = token_from_request()
+    if token is None:
+        raise AuthError(f"{missing} (Authorization header, '{QUERY_PARAMETER}' query parameter or "
+                        f"'{COOKIE_NAME}' cookie).", code="token_required")
+    return verify_token(secret, token)
+
+
 def require(secret: str | None, action: str, channels: Iterable[str]) -> dict[str, Any] | None:
     """Check the current request may ``action`` ("publish" or "subscribe") on every one of ``channels``:
     401 without a valid token, 403 when the token does not cover a channel. No secret: open."""
     channels = list(channels)
     if secret is None or not channels:
         return None
-    token = token_from_request()
-    if token is None:
-        raise AuthError(f"A bearer token is required to {action} here (Authorization header, "
-                        f"'{QUERY_PARAMETER}' query parameter or '{COOKIE_NAME}' cookie).", code="token_required")
-    claims = verify_token(secret, token)
+    claims = _request_claims(secret, f"A bearer token is required to {action} here")
     for channel in channels:
         if not allows(claims.get(action, []), channel):
             raise AuthError(f"The access token does not allow you to {action} on channel {channel!r}.",
@@ -108,11 +113,7 @@ def require_admin(secret: str | None) -> dict[str, Any] | None:
     valid token, 403 with one that is not an admin's. No secret: open."""
     if secret is None:
         return None
-    token = token_from_request()
-    if token is None:
-        raise AuthError(f"An admin token is required here (Authorization header, '{QUERY_PARAMETER}' query "
-                        f"parameter or '{COOKIE_NAME}' cookie).", code="token_required")
-    claims = verify_token(secret, token)
+    claims = _request_claims(secret, "An admin token is required here")
     if claims.get("admin") is not True:
         raise AuthError("The access token is not an admin token.", status=403, code="forbidden")
     return claims

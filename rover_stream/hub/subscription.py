@@ -22,7 +22,7 @@ import itertools
 import json
 import queue
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..pipe import FeedEnded
@@ -166,8 +166,7 @@ class Subscription:
         # Nothing to send (a wake-up, or duplicates): None, and the response looks at its flags.
         return rendered or None
 
-    def _render(self, messages: Iterable[Any]) -> list[bytes]:
-        messages = list(messages)
+    def _render(self, messages: list[Any]) -> list[bytes]:
         for message in messages:
             if message is not _WAKE:
                 self.taken_time = message.time
