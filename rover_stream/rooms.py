@@ -64,6 +64,9 @@ MAX_TEXT_LENGTH = 4000
 LINGER = 5.0
 #: Close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_LATER = 1000, 1001, 1008, 1009, 1013
+#: Why the hub let go of a member, as said in its 1013 close frame.
+_TRY_LATER = {"slow_client": "too slow: messages were piling up",
+              "history_gap": "this server fell behind the room's history: rejoin"}
 
 rooms_api = Blueprint("rover_stream_rooms", __name__)
 
@@ -305,11 +308,11 @@ class ParkedMember(ParkedStream):
 
     def close(self, reason: str) -> None:
         member = self.member
-        if reason == "slow_client" and not member.closing and not self.closed and not self.unsent:
+        if reason in _TRY_LATER and not member.closing and not self.closed and not self.unsent:
             member.closing = True
             member.close_code = CLOSE_TRY_LATER
             try:  # best effort: a socket that takes nothing more cannot carry it either
-                os.write(self.fd, close_frame(CLOSE_TRY_LATER, "too slow: messages were piling up"))
+                os.write(self.fd, close_frame(CLOSE_TRY_LATER, _TRY_LATER[reason]))
             except OSError:
                 pass
         self.stop_reading()

@@ -131,6 +131,24 @@ class Hub:
         self.delivered += reached
         return reached, tuple(dropped)
 
+    def lost_history(self, channel: str, missed: int) -> int:
+        """A remote engine's reader found ``missed`` events of ``channel`` gone from the history before it
+        could read them: end the channel's local subscribers (reason ``history_gap``), who resume from the
+        history with their Last-Event-ID and are told what it no longer holds. Returns how many were ended."""
+        with self._lock:
+            found = self._channels.get(channel)
+            gone = list(found.subscribers) if found is not None else []
+            for subscription in gone:
+                subscription.dropped = "history_gap"
+                subscription.lost += missed
+                subscription.wake()
+            self._remove(gone)
+            self.lost_events += missed * len(gone)
+        for subscription in gone:
+            signals.emit(signals.subscriber_dropped, self, subscription=subscription, channel=channel,
+                         policy="history_gap", dropped=missed)
+        return len(gone)
+
     def _after_delivery(self, message: Message, reached: int, dropped: tuple[Subscription, ...]) -> None:
         for subscription in dropped:
             signals.emit(signals.subscriber_dropped, self, subscription=subscription, channel=message.channel,

@@ -11,8 +11,14 @@ reader's, plus a small bounded pool for publishing and history. When Redis goes 
 with backoff and resumes from its last delivered ids (nothing that reached Redis is lost or sent twice);
 publishing meanwhile fails fast with :class:`~rover_stream.errors.ServiceUnavailable` (503).
 
-The stream entry holds the event's SSE body, built once by the publisher (``b``), its data as JSON (``d``)
-and its event type (``e``). Subscriber counts, for the publish answer, live in a hash per channel,
+The stream entry holds the event's SSE body, built once by the publisher (``b``), its data as JSON (``d``),
+its event type (``e``) and its number in the channel (``n``, from a counter ``<prefix>seq:<channel>`` that
+the same script increments, so that the two cannot disagree). The numbers let the reader notice a *gap*:
+entries trimmed from the stream before this worker read them (its reader was away or behind for longer
+than the history lasts). The channel's local subscribers are then ended with reason ``history_gap``: they
+reconnect with their ``Last-Event-ID`` and get an ``event: reset`` and what the history still holds,
+instead of a silent hole. A reader that lost Redis is woken as soon as a publish gets through again, so it
+resumes within milliseconds of Redis's return, long before the history could be overrun. Subscriber counts, for the publish answer, live in a hash per channel,
 ``<prefix>subs:<channel>``, one field per worker (``count:expires_ms``), refreshed by each worker.
 """
 
@@ -37,14 +43,36 @@ log = logging.getLogger("rover_stream.redis")
 READ_BLOCK_MS = 5000
 #: Entries one XREAD returns at most per stream.
 READ_COUNT = 1000
-#: Reconnection backoff, in seconds: first wait and ceiling.
-BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
+#: Reconnection backoff, in seconds: first wait and ceiling (a publish that gets through ends the wait).
+BACKOFF_FIRST, BACKOFF_MAX = 0.05, 1.0
 #: Seconds between refreshes of this worker's subscriber counts; a count lives three times as long.
 COUNT_REFRESH = 5.0
 #: Redis connections per worker for publishing and history (the reader has its own).
 POOL_SIZE = 8
+#: Entries a replay may return beyond the history size: what approximate trimming leaves (one node's worth).
+TRIM_SLACK = 100
 #: Seconds between refreshes of a channel's stream expiry and subscriber count when publishing.
 REFRESH_EVERY = 1.0
+
+#: Publishing: number the event and append it in one step; every REFRESH_EVERY also renew the expiry of the
+#: stream and its counter (together, so that they expire together) and read the subscriber counts.
+#: KEYS: stream, counter, subscriber counts. ARGV: maxlen, exact ("1": exact trim), ttl (0: no refresh),
+#: body, data, event.
+PUBLISH_SCRIPT = """
+local n = redis.call('INCR', KEYS[2])
+local id
+if ARGV[2] == '1' then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'b', ARGV[4], 'd', ARGV[5], 'e', ARGV[6], 'n', n)
+else
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'b', ARGV[4], 'd', ARGV[5], 'e', ARGV[6], 'n', n)
+end
+if ARGV[3] ~= '0' then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  return {id, redis.call('HGETALL', KEYS[3])}
+end
+return {id}
+"""
 
 
 class RedisEngine:
@@ -84,6 +112,10 @@ class RedisEngine:
         self._local: dict[str, int] = {}  # channel -> local subscribers (absent when none)
         self._synced: set[str] = set()  # channels whose count this worker has written to Redis
         self._counts_dirty = threading.Event()
+        self._numbers: dict[str, int] = {}  # channel -> number (``n``) of the last entry the reader read
+        self._reader_up = False
+        self._retry_now = threading.Event()  # ends the reader's backoff early: Redis answered a publish
+        self._publish_script: Any = self._redis.register_script(PUBLISH_SCRIPT)
         self._control = f"{self.prefix}ctl:{self.worker_id}"
         self._refreshed: dict[str, float] = {}  # channel -> when its expiry and count were last refreshed
         self._subscribers: dict[str, int] = {}  # channel -> subscribers in all workers, as last read
@@ -121,29 +153,25 @@ class RedisEngine:
 
         self._ensure_started()
         data_json = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-        fields: dict[str, Any] = {"b": body, "d": data_json, "e": event or ""}
-        key = self._key(channel)
         now = time.monotonic()
         # The stream's expiry and the subscriber count are refreshed once a second per channel, not per event.
         refresh = self._refreshed.get(channel, 0.0) + REFRESH_EVERY <= now
+        size = self.size_for(channel)
+        ttl = max(1, int(self.history_ttl)) if refresh else 0
         try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                size = self.size_for(channel)
-                if size:
-                    pipe.xadd(key, fields, maxlen=size, approximate=True)
-                else:
-                    pipe.xadd(key, fields, maxlen=1, approximate=False)
-                if refresh:
-                    pipe.expire(key, max(1, int(self.history_ttl)))
-                    pipe.hgetall(f"{self.prefix}subs:{channel}")
-                answers = pipe.execute()
+            answer = self._publish_script(
+                keys=[self._key(channel), f"{self.prefix}seq:{channel}", f"{self.prefix}subs:{channel}"],
+                args=[size or 1, 0 if size else 1, ttl, body, data_json, event or ""])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unavailable(exc) from None
         self.connected = True
+        if not self._reader_up:
+            self._retry_now.set()  # Redis is back: the reader need not wait out its backoff
         if refresh:
             self._refreshed[channel] = now
-            self._subscribers[channel] = _sum_counts(answers[2])
-        message = self._message(channel, answers[0], fields["b"], data_json.encode(), (event or "").encode())
+            flat = answer[1]
+            self._subscribers[channel] = _sum_counts(dict(zip(flat[::2], flat[1::2])))
+        message = self._message(channel, answer[0], body, data_json.encode(), (event or "").encode())
         return message, self._subscribers.get(channel, 0)
 
     def _message(self, channel: str, stream_id: bytes | str, body: bytes, data: bytes, event: bytes) -> Message:
@@ -174,25 +202,36 @@ class RedisEngine:
 
         self._ensure_started()
         name = self._key(channel)
+        limit = max(self.size_for(channel), 1) + TRIM_SLACK
         try:
             with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xrange(name, min=f"({format_id(key)}" if key else "-", count=max(self.history_size, 1))
+                # The newest entries after ``key``: trimming is approximate (whole nodes of 100 entries), so
+                # the stream may hold up to about that many more than the history size; all are replayed.
+                pipe.xrevrange(name, min=f"({format_id(key)}" if key else "-", count=limit)
                 pipe.xinfo_stream(name)  # an error (no such key) when the channel has no stream yet
                 entries, info = pipe.execute(raise_on_error=False)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unavailable(exc) from None
         if isinstance(entries, Exception):
             raise self._unavailable(entries)
+        entries.reverse()
         messages = [self._message(channel, sid, f[b"b"], f[b"d"], f.get(b"e", b"")) for sid, f in entries]
         oldest_kept = time.time() - self.history_ttl
         messages = [m for m in messages if m.time >= oldest_kept]
         if key is None:
             return Replay(messages, reset="unknown")
-        last = _info_id(info, "last-generated-id") if isinstance(info, dict) else None
-        trimmed = _info_id(info, "max-deleted-entry-id") if isinstance(info, dict) else None
+        info = info if isinstance(info, dict) else {}
+        last = _info_id(info, "last-generated-id")
         if last is not None and key > last:
             return Replay(messages, reset="unknown")  # an id this stream never gave out
-        if (trimmed is not None and key < trimmed) or len(messages) < len(entries):
+        # Trimming (MAXLEN) does not move max-deleted-entry-id: what tells is an id older than the oldest
+        # entry kept, in a stream that has lost entries (more added than it holds).
+        first = info.get("first-entry") or info.get(b"first-entry")
+        oldest = parse_id(_text(first[0])) if first else None
+        added, length = info.get("entries-added"), info.get("length")
+        lost_some = added is None or length is None or int(added) > int(length)
+        if ((oldest is not None and key < oldest and lost_some) or len(messages) < len(entries)
+                or len(entries) == limit):
             return Replay(messages, reset="expired")
         return Replay(messages)
 
@@ -232,21 +271,23 @@ class RedisEngine:
             streams: dict[Any, Any] = {self._control: control_position}
             for channel in [c for c in self._positions if c not in self._local]:
                 del self._positions[channel]  # nobody here listens any more
+                self._numbers.pop(channel, None)
             for channel, position in self._positions.items():
                 streams[self._key(channel)] = format_id(position)
             try:
                 result: Any = self._reader_redis.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                if self.connected or self.last_error is None:
+                if self._reader_up or self.last_error is None:
                     log.warning("Redis reader lost its connection (%s); retrying", exc)
-                self.connected = False
+                self._reader_up = self.connected = False
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                time.sleep(backoff)
+                self._retry_now.wait(backoff)
+                self._retry_now.clear()
                 backoff = min(BACKOFF_MAX, backoff * 2)
                 continue
-            if not self.connected:
+            if not self._reader_up:
                 log.info("Redis reader connected")
-            self.connected = True
+            self._reader_up = self.connected = True
             backoff = BACKOFF_FIRST
             for name, entries in result or ():
                 name = name.decode() if isinstance(name, bytes) else name
@@ -254,12 +295,37 @@ class RedisEngine:
                     control_position = entries[-1][0]
                     continue
                 channel = name[len(self.prefix) + 3:]
-                messages = [self._message(channel, stream_id, fields[b"b"], fields[b"d"], fields.get(b"e", b""))
-                            for stream_id, fields in entries]
-                if channel in self._positions:
-                    self._positions[channel] = messages[-1].key
-                self.reads += len(messages)
-                self.hub.deliver(messages)
+                self._deliver_entries(channel, entries)
+
+    def _deliver_entries(self, channel: str, entries: list[Any]) -> None:
+        """Hand what the reader read to the hub, in order; a gap in the numbers ends the channel's local
+        subscribers (see the module's doc) after the entries before it were delivered."""
+        messages: list[Message] = []
+        last = self._numbers.get(channel)
+        for stream_id, fields in entries:
+            number = fields.get(b"n")
+            if number is not None:
+                number = int(number)
+                if last is not None and number > last + 1:
+                    self._deliver(channel, messages)
+                    messages = []
+                    log.warning("Redis reader: %d events of channel %s were trimmed from its history before "
+                                "this worker read them; ending its %d local subscribers so that they resume "
+                                "from the history", number - last - 1, channel,
+                                self.hub.lost_history(channel, number - last - 1))
+                last = number
+            messages.append(self._message(channel, stream_id, fields[b"b"], fields[b"d"], fields.get(b"e", b"")))
+        if last is not None:
+            self._numbers[channel] = last
+        self._deliver(channel, messages)
+
+    def _deliver(self, channel: str, messages: list[Message]) -> None:
+        if not messages:
+            return
+        if channel in self._positions:
+            self._positions[channel] = messages[-1].key
+        self.reads += len(messages)
+        self.hub.deliver(messages)
 
     def _sync_counts_forever(self) -> None:
         """Keep this worker's subscriber counts in Redis: at once after a change, and every few seconds."""
@@ -331,4 +397,8 @@ def _info_id(info: dict[Any, Any], field: str) -> Key | None:
     value = info.get(field) or info.get(field.encode())
     if value is None:
         return None
-    return parse_id(value.decode() if isinstance(value, bytes) else str(value))
+    return parse_id(_text(value))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

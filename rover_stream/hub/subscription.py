@@ -137,11 +137,13 @@ class Subscription:
             self.hub.replayed_out += len(rendered)
             if rendered:
                 return rendered
-        if self.dropped is not None or self.closed:
+        if self.closed:
             raise FeedEnded
         queue_ = self.queue
         count = queue_.qsize()
         if not count:
+            if self.dropped is not None:
+                raise FeedEnded
             return []
         get = queue_.get_nowait
         items = []
@@ -150,9 +152,14 @@ class Subscription:
                 items.append(get())
             except queue.Empty:
                 break
+        rendered = self._render(items)
         if self.dropped is not None:
-            raise FeedEnded
-        return self._render(items)
+            # What was queued before the hub let go is still sent (a slow client's queue was emptied);
+            # the stream ends at the next take.
+            if not rendered:
+                raise FeedEnded
+            self.wake()
+        return rendered
 
     def take(self, timeout: float) -> list[bytes] | None:
         ready = self.take_nowait()
