@@ -62,15 +62,18 @@ class LiveServer:
     """A gunicorn master with gevent worker(s), started on a free port of 127.0.0.1."""
 
     def __init__(self, tmp_path: Path, app: str = "stream_app:app", env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = (), kind: str = "gevent") -> None:
+                 args: tuple[str, ...] = (), kind: str = "gevent", netns: Any = None,
+                 host: str = "127.0.0.1") -> None:
         self.kind = kind
+        self.netns = netns  # a tests/netlab.py Namespace to run in, listening on ``host`` there
+        self.host = host
         self.log_path = tmp_path / f"gunicorn-{time.monotonic_ns()}.log"
         uploads = tmp_path / "uploads"
         uploads.mkdir(exist_ok=True)
         self.uploads = uploads
         environment = {
             **os.environ,
-            "ROVER_BIND": "127.0.0.1:0",
+            "ROVER_BIND": f"{host}:0",
             "ROVER_UPLOADS_DIR": str(uploads),
             "ROVER_DATA_DIR": str(tmp_path / "var"),
             "ROVER_LOG_LEVEL": "info",
@@ -86,10 +89,12 @@ class LiveServer:
             environment["PYTHONPATH"] = os.pathsep.join([str(LIVE_APPS), str(ROOT)])
         else:
             raise ValueError(kind)
+        if netns is not None:
+            command = netns.command(command)
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=environment,
                                      cwd=str(tmp_path))
         self.port = self._wait_for_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -97,11 +102,14 @@ class LiveServer:
     def _wait_for_port(self, timeout: float = 20.0) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", self.log())
+            match = re.search(rf"Listening at: http://{re.escape(self.host)}:(\d+)", self.log())
             if match and "Booting worker" in self.log():
                 port = int(match.group(1))
                 try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    if self.netns is None:
+                        socket.create_connection((self.host, port), timeout=1).close()
+                    else:
+                        self.netns.call(lambda: socket.create_connection((self.host, port), timeout=1).close())
                     return port
                 except OSError:
                     pass
@@ -134,8 +142,8 @@ def _servers(base: Path) -> Iterator[Any]:
     servers: list[LiveServer] = []
 
     def start(app: str = "stream_app:app", env: dict[str, str] | None = None, args: tuple[str, ...] = (),
-              kind: str = "gevent") -> LiveServer:
-        server = LiveServer(base, app=app, env=env, args=args, kind=kind)
+              kind: str = "gevent", netns: Any = None, host: str = "127.0.0.1") -> LiveServer:
+        server = LiveServer(base, app=app, env=env, args=args, kind=kind, netns=netns, host=host)
         servers.append(server)
         return server
 

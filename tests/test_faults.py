@@ -227,3 +227,122 @@ def test_a_worker_that_fell_behind_the_history_ends_its_streams_instead_of_skipp
         publish.close()
         for reader in readers:
             reader.response.close()
+
+
+def test_clients_that_vanish_without_closing_are_let_go_and_others_notice_nothing(live_server: Any) -> None:
+    """Clients in a network namespace of the test's own; the link drops every packet of one SSE
+    subscriber and of one room member, in both directions, as if their laptops had been closed: no FIN,
+    no reset, no ACK. The server lets go of them by itself -- the subscriber when its heartbeats stay
+    unacknowledged (TCP_USER_TIMEOUT, two heartbeat intervals), the member when its pong does not come --
+    and the other clients get every event, in order, meanwhile."""
+    import netlab
+    from wire_helpers import ws_client_class
+
+    from rover_stream import mint_token
+
+    link = netlab.Link()
+    host = netlab.SERVER_ADDRESS
+    subscribers: list[Any] = []
+    members: list[Any] = []
+    vanishing: list[Any] = []
+    publish: Any = None
+    try:
+        secret = "s" * 32  # the server refuses to listen beyond loopback without one
+        server = live_server(env={"ROVER_DEMO": "0", "ROVER_HEARTBEAT_INTERVAL": "1", "ROVER_WS_PING_INTERVAL": "1",
+                                  "ROVER_METRICS_INTERVAL": "0", "ROVER_SECRET_KEY": secret},
+                             netns=link.server, host=host)
+        admin = {"Authorization": "Bearer " + mint_token(secret, admin=True)}
+        room_client = ws_client_class()
+
+        def connect_all() -> Any:
+            subscribers.extend(subscribe(server.port, "net", host=host) for _ in range(4))
+            for user in ("ada", "grace", "gone"):
+                member = room_client.connect(f"ws://{host}:{server.port}/ws/comms/net?user={user}")
+                members.append(member)
+            publisher = Publisher(server.port, host=host, token=mint_token(secret, publish=["*"]))
+            publisher.connection.connect()
+            return publisher
+
+        publish = link.client.call(connect_all)
+
+        def stats() -> dict[str, Any]:
+            answer = link.client.call(lambda: request(server.port, "/admin/stream-stats", admin, host=host))
+            try:
+                return json.loads(answer.body())  # type: ignore[no-any-return]
+            finally:
+                answer.close()
+
+        received: dict[Any, list[int]] = {member: [] for member in members}
+
+        def read_what_came() -> None:  # the others keep reading (a client that stops is cut: see test_live_hub)
+            for reader in subscribers:
+                while chunk := reader.response.read_chunk(timeout=0.001):
+                    reader.raw += chunk
+                    reader.dispatched.extend(reader.parser.feed(chunk))
+            for member in members:
+                while raw := member.receive(0):
+                    frame = json.loads(raw)
+                    if "n" in frame:
+                        received[member].append(frame["n"])
+
+        assert _wait(lambda: stats()["subscribers_per_channel"].get("net") == 4
+                     and stats()["members_per_room"].get("net") == 3, 5)
+        gone_sse, gone_member = subscribers[-1], members[-1]
+        subscribers.remove(gone_sse)  # closed by the finally clause below, like the others
+        members.remove(gone_member)
+        vanishing.extend([gone_sse.response, gone_member])
+        del received[gone_member]
+        link.vanish(gone_sse.response.sock.getsockname()[1])
+        link.vanish(gone_member.sock.getsockname()[1])
+        vanished = time.monotonic()
+        released: dict[str, float] = {}
+        n = 0
+        while len(released) < 2 and time.monotonic() - vanished < 20:
+            publish("net", {"n": n, "pad": "x" * 500})  # the vanished clients' unsent bytes pile up
+            publish("room.net", {"n": n, "pad": "x" * 500})
+            n += 1
+            time.sleep(0.02)
+            read_what_came()
+            if n % 25 == 0:
+                now = stats()
+                if now["subscribers_per_channel"].get("net", 0) == 3:
+                    released.setdefault("sse", time.monotonic() - vanished)
+                if now["members_per_room"].get("net", 0) == 2:
+                    released.setdefault("websocket", time.monotonic() - vanished)
+        assert released.keys() == {"sse", "websocket"}, f"still held after 20 s: {released}"
+        assert max(released.values()) < 10  # two intervals of 1 s, plus the stats' one-second sync
+        for reader in subscribers:
+            reader.until(f'"n":{n - 1},'.encode(), timeout=5)
+            numbers = [json.loads(e.data)["n"] for e in reader.dispatched if e.event == "message"]
+            assert numbers == list(range(n))
+        for member in members:
+            deadline = time.monotonic() + 5
+            while len(received[member]) < n and time.monotonic() < deadline:
+                raw = member.receive(0.5)
+                frame = json.loads(raw) if raw else {}
+                if "n" in frame:
+                    received[member].append(frame["n"])
+            assert received[member] == list(range(n))
+        print(f"vanished clients released after: SSE {released['sse']:.1f} s, WebSocket "
+              f"{released['websocket']:.1f} s ({link.dropped_packets} packets dropped, {n} events published "
+              "meanwhile, every other client got all of them in order)")
+        assert "Traceback" not in server.log()
+    finally:
+        if publish is not None:
+            publish.close()
+        for reader in subscribers:
+            reader.response.close()
+        for member in members:
+            member.close()
+        for connection in vanishing:
+            connection.close()
+        link.close()
+
+
+def _wait(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False

@@ -81,9 +81,9 @@ class RawResponse:
 
 
 def request(port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET",
-            timeout: float = 5.0) -> RawResponse:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+            timeout: float = 5.0, host: str = "127.0.0.1") -> RawResponse:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
     data = b""
@@ -164,19 +164,18 @@ def wait_for(predicate, timeout: float, interval: float = 0.05):  # type: ignore
 class Publisher:
     """POSTs to /api/broadcast over one keep-alive connection."""
 
-    def __init__(self, port: int) -> None:
-        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    def __init__(self, port: int, host: str = "127.0.0.1", token: str | None = None) -> None:
+        self.connection = http.client.HTTPConnection(host, port, timeout=10)
+        self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
 
     def __call__(self, channel: str, data: Any, event: str | None = None) -> dict[str, Any]:
         body = {"channel": channel, "data": data, **({"event": event} if event else {})}
         try:
-            self.connection.request("POST", "/api/broadcast", json.dumps(body),
-                                    {"Content-Type": "application/json"})
+            self.connection.request("POST", "/api/broadcast", json.dumps(body), self.headers)
             response = self.connection.getresponse()
         except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
             self.connection.close()  # the server closed the idle keep-alive connection: open a new one
-            self.connection.request("POST", "/api/broadcast", json.dumps(body),
-                                    {"Content-Type": "application/json"})
+            self.connection.request("POST", "/api/broadcast", json.dumps(body), self.headers)
             response = self.connection.getresponse()
         answer = json.loads(response.read())
         assert response.status == 200, answer
@@ -186,9 +185,9 @@ class Publisher:
         self.connection.close()
 
 
-def subscribe(port: int, channel: str, last_event_id: str | None = None) -> SSEReader:
+def subscribe(port: int, channel: str, last_event_id: str | None = None, host: str = "127.0.0.1") -> SSEReader:
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
-    response = request(port, f"/realtime/{channel}", headers, timeout=10)
+    response = request(port, f"/realtime/{channel}", headers, timeout=10, host=host)
     if response.status != 200:
         response.close()
         raise AssertionError(f"subscribing to {channel!r}: {response.status} {response.buffer[:300]!r}")
