@@ -6,6 +6,8 @@ stable snake_case name clients may switch on and ``message`` is a sentence for p
 
 from __future__ import annotations
 
+import errno
+
 from typing import Any
 
 from flask import Flask, Response, jsonify
@@ -61,6 +63,20 @@ class ServiceUnavailable(ApiError):
         super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
 
 
+class InsufficientStorage(ApiError):
+    """The server's disk is full (ENOSPC, EDQUOT): the request needed to write and could not."""
+
+    status = 507
+    code = "insufficient_storage"
+
+    def __init__(self, message: str, *, retry_after: int = 60) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+#: The errno values that mean "the disk is full" (no space, quota exceeded).
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     response = jsonify(error=code, message=message, status=status)
     response.status_code = status
@@ -79,6 +95,15 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Any:
         return exc.to_response()
+
+    @app.errorhandler(OSError)
+    def _os_error(exc: OSError) -> Any:
+        if exc.errno in DISK_FULL:
+            app.logger.error("disk full while answering a request: %s", exc)
+            return InsufficientStorage("The server's disk is full: it could not write what this request "
+                                       "needs. Nothing was changed; try again later.").to_response()
+        app.logger.exception("unexpected error")
+        return error_response(500, "internal_server_error", "The server met an unexpected error.")
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:

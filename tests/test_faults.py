@@ -346,3 +346,52 @@ def _wait(predicate: Any, timeout: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_a_full_disk_gets_507_leaves_nothing_behind_and_recovers(live_server: Any, tmp_path: Any) -> None:
+    """The demo's /large-file is written to ROVER_DATA_DIR on first use. With that disk full (a 40 MB tmpfs
+    of the test's own, 38 MB taken), the request gets 507 with a JSON body and Retry-After, no half-written
+    file is left to keep the disk full, a subscriber's stream goes on, and once space is freed the same
+    request serves the whole file."""
+    import hashlib
+    import subprocess
+
+    from rover_stream.demo.routes import ensure_large_file
+
+    if os.geteuid() != 0:
+        pytest.fail("mounting the small disk needs root") if os.environ.get("ROVER_TEST_REQUIRE_SERVICES") == "1" \
+            else pytest.skip("mounting the small disk needs root")
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(disk)], check=True)
+    try:
+        filler = disk / "filler"
+        filler.write_bytes(bytes(38 * 1024 * 1024))
+        server = live_server(app="wsgi:app", env={"ROVER_DATA_DIR": str(disk), "ROVER_METRICS_INTERVAL": "0"})
+        reader = subscribe(server.port, "disk")
+        publish = Publisher(server.port)
+        try:
+            publish("disk", 1)
+            answer = request(server.port, "/large-file")
+            body = json.loads(answer.body())
+            answer.close()
+            assert answer.status == 507 and body["error"] == "insufficient_storage", body
+            assert answer.headers["content-type"] == "application/json" and answer.headers["retry-after"]
+            assert sorted(os.listdir(disk)) == ["filler"]  # the partial file was removed
+            publish("disk", 2)
+            assert [json.loads(e.data) for e in reader.events(2)] == [1, 2]
+            filler.unlink()
+            answer = request(server.port, "/large-file", timeout=30)
+            try:
+                assert answer.status == 200
+                served = hashlib.sha256(answer.body(timeout=30)).hexdigest()
+            finally:
+                answer.close()
+            expected = hashlib.sha256(ensure_large_file(tmp_path / "reference").read_bytes()).hexdigest()
+            assert served == expected
+            assert "disk full while answering a request" in server.log()
+        finally:
+            publish.close()
+            reader.response.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -179,12 +179,16 @@ def ensure_large_file(directory: Path) -> Path:
         return path
     directory.mkdir(parents=True, exist_ok=True)
     partial = directory / f".large_file.{os.getpid()}.part"
-    with open(partial, "wb") as f:
-        seed = hashlib.sha256(b"rover_stream large file").digest()
-        block = b"".join(hashlib.sha256(seed + i.to_bytes(4, "big")).digest() for i in range(2048))  # 64 KiB
-        for _ in range(LARGE_FILE_BYTES // len(block)):
-            f.write(block)
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as f:
+            seed = hashlib.sha256(b"rover_stream large file").digest()
+            block = b"".join(hashlib.sha256(seed + i.to_bytes(4, "big")).digest() for i in range(2048))  # 64 KiB
+            for _ in range(LARGE_FILE_BYTES // len(block)):
+                f.write(block)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a full disk must not stay full of our half-written file
+        raise
     return path
 
 
