@@ -373,14 +373,15 @@ class Member:
     def send_frame(self, obj: dict[str, Any]) -> None:
         self._queue(text_frame(json.dumps(obj, separators=(",", ":")).encode()))
 
-    def send_raw(self, frame: bytes) -> None:
-        """A frame from simple-websocket (a pong, a close): written next."""
-        if frame[:1] == b"\x88":
-            if not self.closing:
-                self._close_with(frame, int.from_bytes(frame[2:4], "big") if len(frame) >= 4 else None)
-            return
-        if not self.closing:
-            self._queue(frame)
+    def send_raw(self, data: bytes) -> None:
+        """Frames from simple-websocket (pongs, a close), several at once when the client's bytes held
+        several (a ping, then a protocol error): written next, a close frame last of all."""
+        for frame in _split_frames(data):
+            if frame[:1] == b"\x88":
+                if not self.closing:
+                    self._close_with(frame, int.from_bytes(frame[2:4], "big") if len(frame) >= 4 else None)
+            elif not self.closing:
+                self._queue(frame)
 
     def _close_with(self, frame: bytes, code: int | None) -> None:
         """The close frame is the last frame written: what is queued and not yet written is dropped."""
@@ -547,6 +548,21 @@ def comms(ws: Any, team_channel: str) -> None:
     hub.publish(channel, {"type": "join", "room": room, "user": user, "timestamp": time.time()}, event="join")
     if member.input_open:
         parked.start_reading()
+
+
+def _split_frames(data: bytes) -> list[bytes]:
+    """Server frames (unmasked) laid end to end, one by one."""
+    frames = []
+    at = 0
+    while at + 2 <= len(data):
+        length, header = data[at + 1] & 0x7F, 2
+        if length == 126:
+            length, header = int.from_bytes(data[at + 2:at + 4], "big"), 4
+        elif length == 127:
+            length, header = int.from_bytes(data[at + 2:at + 10], "big"), 10
+        frames.append(data[at:at + header + length])
+        at += header + length
+    return frames
 
 
 def _linger(fd: int, seconds: float) -> None:

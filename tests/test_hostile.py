@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from wire_helpers import Publisher, get_json, subscribe, ws_client_class
 
@@ -183,3 +183,129 @@ def test_slow_headers_and_connection_floods_do_not_starve_others(server: Any) ->
             sock.close()
         publish.close()
         reader.response.close()
+
+
+# A WebSocket frame as a client may send it, right or wrong: FIN, reserved bits, any opcode, masked or not
+# (clients must mask), a payload of any bytes (text that is not UTF-8, control frames over 125 bytes), and
+# a length field that may claim more than follows.
+def _frame(fin: bool, rsv: int, opcode: int, masked: bool, payload: bytes, extra: int) -> bytes:
+    length = len(payload) + extra  # extra > 0: the header claims bytes that never come
+    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
+    mask_bit = 0x80 if masked else 0
+    if length < 126:
+        head += bytes([mask_bit | length])
+    elif length < 65536:
+        head += bytes([mask_bit | 126]) + length.to_bytes(2, "big")
+    else:
+        head += bytes([mask_bit | 127]) + length.to_bytes(8, "big")
+    if masked:
+        key = os.urandom(4)
+        head += key
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return head + payload
+
+
+_payloads = st.binary(max_size=300) | st.text(max_size=200).map(str.encode)
+_frames = st.one_of(
+    st.builds(_frame, st.booleans(), st.sampled_from([0, 0, 0, 1, 2, 4, 7]),
+              st.sampled_from([0, 1, 1, 2, 8, 9, 10, 3, 7, 11, 15]), st.sampled_from([True, True, True, False]),
+              _payloads, st.sampled_from([0, 0, 0, 1, 5000])),
+    # Well-formed framing, so that the fuzzing gets past the frame parser: fragments (FIN unset, then
+    # continuations), pings, pongs, closes with any payload, text that may not be UTF-8.
+    st.builds(_frame, st.booleans(), st.just(0), st.sampled_from([0, 1, 1, 1, 2, 8, 9, 10]), st.just(True),
+              _payloads, st.just(0)))
+
+
+def _server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """Parse what the server sent (unmasked frames); raise on anything malformed."""
+    frames = []
+    while data:
+        assert len(data) >= 2, data
+        opcode, length = data[0] & 0x0F, data[1] & 0x7F
+        assert data[1] & 0x80 == 0, "the server masked a frame"
+        at = 2
+        if length == 126:
+            length, at = int.from_bytes(data[2:4], "big"), 4
+        elif length == 127:
+            length, at = int.from_bytes(data[2:10], "big"), 10
+        assert len(data) >= at + length, "a frame from the server was cut"
+        frames.append((opcode, data[at:at + length]))
+        data = data[at + length:]
+    return frames
+
+
+@FUZZ
+@given(frames=st.lists(_frames, min_size=1, max_size=4))
+# Found by this test: a ping, then a continuation with nothing to continue. simple-websocket handed over
+# the pong and the 1002 close frame as one piece, the close frame went out as data, and the member then
+# sent a second close frame.
+@example(frames=[_frame(True, 0, 9, True, b"", 0), _frame(False, 0, 0, True, b"", 0)])
+def test_fuzzed_websocket_frames(server: Any, frames: list[bytes]) -> None:
+    """Any sequence of frames: the server answers with well-formed frames only; if it closes, its close
+    frame is the last one and carries a code for what was wrong; and when the client then closes its side
+    the server lets go of the connection promptly."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    try:
+        sock.sendall((f"GET /ws/comms/fuzz?user=rogue HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                      "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                      "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += sock.recv(65536)
+        head, _, received = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        for frame in frames:
+            try:
+                sock.sendall(frame)
+            except OSError:
+                break  # the server already closed: fine
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        deadline = time.monotonic() + 5
+        while True:
+            assert time.monotonic() < deadline, "the server held on to a client that had closed its side"
+            try:
+                more = sock.recv(65536)
+            except ConnectionResetError:
+                break  # a reset after our unread garbage: the connection is gone, which is what counts
+            if not more:
+                break
+            received += more
+    finally:
+        sock.close()
+    answered = _server_frames(received)
+    closes = [i for i, (opcode, _) in enumerate(answered) if opcode == 0x8]
+    assert all(opcode in (0x1, 0x8, 0x9, 0xA) for opcode, _ in answered)
+    if closes:
+        assert closes == [len(answered) - 1], "a frame after the close frame"
+        payload = answered[-1][1]
+        code = int.from_bytes(payload[:2], "big") if payload else None
+        # Ours (1002 protocol error, 1007 not UTF-8, 1008, 1009 too big...), or the client's own, echoed.
+        assert code is None or code in (1000, 1001, 1002, 1003, *range(1007, 1015)) or 3000 <= code <= 4999, \
+            payload
+        event(f"closed with {code}")
+    else:
+        event("no close frame (connection reset)")
+
+
+def test_after_the_fuzzed_frames_the_room_still_works(server: Any) -> None:
+    """After the fuzzing (run before this test): the server is up, a member of the fuzzed room gets only
+    well-formed room frames (what the rogue members sent reached it as messages, if at all), and a message
+    goes round."""
+    client_class = ws_client_class()
+    member = client_class.connect(f"ws://127.0.0.1:{server.port}/ws/comms/fuzz?user=after")
+    try:
+        member.send("after the storm")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            raw = member.receive(1)
+            frame = json.loads(raw) if raw else {}
+            assert not raw or frame.get("type") in ("history", "presence", "join", "leave", "message"), raw
+            if frame.get("text") == "after the storm":
+                break
+        else:
+            pytest.fail("the message did not come back")
+    finally:
+        member.close()
