@@ -136,3 +136,16 @@ def wait_writable(fd: int, timeout: float) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
     return bool(poller.poll(timeout * 1000))
+
+
+def unacknowledged(fd: int) -> int:
+    """Bytes written to socket ``fd`` that its peer has not acknowledged yet (SIOCOUTQ); -1 if unknown.
+    When it goes down, the client is reading."""
+    import fcntl
+    import struct
+    import termios
+
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
+    except OSError:
+        return -1

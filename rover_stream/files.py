@@ -24,7 +24,7 @@ from flask import Response, request
 from werkzeug.http import dump_options_header, http_date, parse_date
 from werkzeug.security import safe_join
 
-from .concurrency import wait_writable
+from .concurrency import unacknowledged, wait_writable
 from .errors import ApiError, StreamAborted, error_response
 from .runtime import StreamRuntime, get_runtime
 from .streaming import ClientDisconnected, StreamBody, StreamingResponse
@@ -73,15 +73,21 @@ class FileBody(StreamBody):
     def _sendfile(self, offset: int, end: int) -> None:
         out = self._sendfile_socket.fileno()  # type: ignore[union-attr]
         stalled_since = 0.0
+        queued = -1
         while offset < end:
             self.check_shutdown()
             try:
                 sent = os.sendfile(out, self._fd, offset, min(end - offset, SENDFILE_MAX))
             except BlockingIOError:
-                # Wait in short slices so that a shutdown is noticed while a slow client holds us up.
+                # Wait in short slices so that a shutdown is noticed while a slow client holds us up. A
+                # stall is no *progress*: the socket takes nothing more and the bytes waiting in it do not
+                # go down. (Not "the socket did not become writable": with a send buffer of megabytes that
+                # takes a slow client, still reading, longer than SEND_TIMEOUT, and it would be cut.)
                 now = time.monotonic()
-                stalled_since = stalled_since or now
-                if now - stalled_since > self._send_timeout:
+                waiting = unacknowledged(out)
+                if waiting != queued or not stalled_since:
+                    queued, stalled_since = waiting, now
+                elif now - stalled_since > self._send_timeout:
                     raise StreamAborted(f"the client read nothing for {self._send_timeout:g} s") from None
                 if wait_writable(out, SHUTDOWN_CHECK_INTERVAL):
                     stalled_since = 0.0
@@ -90,6 +96,7 @@ class FileBody(StreamBody):
                 raise ClientDisconnected from exc
             if sent == 0:
                 raise StreamAborted("the file shrank while it was being sent")
+            stalled_since = 0.0  # progress: the socket took more
             offset += sent
             self.bytes_sent += sent
 

@@ -395,3 +395,104 @@ def test_a_full_disk_gets_507_leaves_nothing_behind_and_recovers(live_server: An
             reader.response.close()
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_downloads_and_exports_whose_client_stops_reading_are_cut_and_others_go_on(live_server: Any) -> None:
+    """A client that stops reading (its TCP window full) in the middle of a sendfile download, a chunked
+    file download and a CSV export: each is cut after SEND_TIMEOUT without progress, the worker's memory
+    does not grow with what they did not take, and meanwhile another client downloads the whole file and
+    a subscriber gets its events."""
+    import hashlib
+
+    from rover_stream.demo.routes import ensure_large_file
+
+    server = live_server(app="wsgi:app", env={"ROVER_SEND_TIMEOUT": "2", "ROVER_METRICS_INTERVAL": "0"})
+    (worker,) = server.worker_pids()
+
+    def rss() -> int:
+        with open(f"/proc/{worker}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) * 1024
+
+    expected = hashlib.sha256(ensure_large_file(server.uploads.parent / "reference").read_bytes()).hexdigest()
+    for path in ("/large-file", "/stream/rover-image"):  # both are generated on first use
+        warm = request(server.port, path, timeout=30)
+        try:
+            warm.body(timeout=30)
+        except ConnectionError:
+            raise AssertionError(server.log()[-3000:])
+        warm.close()
+    before = rss()
+    stalled = []
+    # The rover image (3 MB) would fit in the kernel's buffers: twenty of them, pipelined, do not.
+    for path, repeat in (("/large-file", 1), ("/stream/rover-image", 20), ("/csv?rows=1000000", 1)):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode() * repeat)
+        stalled.append((path, sock, time.monotonic()))
+    reader = subscribe(server.port, "meanwhile")
+    publish = Publisher(server.port)
+    try:
+        time.sleep(0.5)
+        answer = request(server.port, "/large-file", timeout=30)
+        try:
+            assert hashlib.sha256(answer.body(timeout=30)).hexdigest() == expected
+        finally:
+            answer.close()
+        publish("meanwhile", 1)
+        assert [json.loads(e.data) for e in reader.events(1)] == [1]
+        time.sleep(4)  # SEND_TIMEOUT (2 s) without progress, and a margin
+        grown = rss() - before
+        for path, sock, _ in stalled:
+            sock.settimeout(5)
+            received = 0
+            try:
+                while chunk := sock.recv(1 << 20):
+                    received += len(chunk)
+            except (ConnectionResetError, TimeoutError) as exc:
+                assert not isinstance(exc, TimeoutError), f"{path}: still open after SEND_TIMEOUT"
+            head_and_body = received
+            assert head_and_body < 30 * 1024 * 1024, f"{path}: sent in full to a client that stopped reading"
+        assert grown < 8 * 1024 * 1024, f"the worker grew by {grown / 1e6:.1f} MB"
+        closes = [line for line in server.log().splitlines() if "stream close" in line]
+        for path in ("/large-file", "/stream/rover-image", "/csv"):  # each stalled one ended short of complete
+            assert any(f"path={path} " in line and "reason=complete" not in line for line in closes), (path, closes)
+        print(f"three stalled clients cut after SEND_TIMEOUT; worker RSS {grown / 1e6:+.1f} MB; the whole file and "
+              "the events reached the others meanwhile")
+    finally:
+        publish.close()
+        reader.response.close()
+        for _, sock, _ in stalled:
+            sock.close()
+
+
+def test_a_slow_client_that_keeps_reading_is_not_taken_for_a_stalled_one(live_server: Any) -> None:
+    """SEND_TIMEOUT cuts a client that makes no progress, not one that reads slowly: 1.3 MB/s through a
+    send buffer of megabytes (which takes seconds to drain far enough for the socket to count as writable
+    again, while it takes a little more all the time) gets its whole 6 MB range with SEND_TIMEOUT at 1 s."""
+    server = live_server(app="wsgi:app", env={"ROVER_SEND_TIMEOUT": "1", "ROVER_METRICS_INTERVAL": "0"})
+    warm = request(server.port, "/large-file", {"Range": "bytes=0-0"}, timeout=30)  # generated on first use
+    warm.close()
+    size = 6 * 1024 * 1024
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.connect(("127.0.0.1", server.port))
+    try:
+        sock.sendall(f"GET /large-file HTTP/1.1\r\nHost: 127.0.0.1\r\nRange: bytes=0-{size - 1}\r\n\r\n".encode())
+        sock.settimeout(5)
+        data = bytearray()
+        started = time.monotonic()
+        while True:
+            chunk = sock.recv(128 * 1024)
+            if not chunk:
+                break
+            data += chunk
+            head, _, body = bytes(data).partition(b"\r\n\r\n")
+            if body and len(body) >= size:
+                break
+            time.sleep(0.1)
+        head, _, body = bytes(data).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 206"), head
+        assert len(body) == size, f"cut after {len(body)} of {size} bytes, {time.monotonic() - started:.1f} s in: {server.log()[-1500:]}"
+    finally:
+        sock.close()
