@@ -28,6 +28,7 @@ def init_app(app: Flask, config: Mapping[str, Any] | None = None) -> None:
     runtime = init_runtime(app, settings)
     register_error_handlers(app)
     from .api import api
+    from .cors import init_cors
     from .logs import init_logging
     from .metrics import publish_process_metrics
     from .ops import ops
@@ -35,6 +36,7 @@ def init_app(app: Flask, config: Mapping[str, Any] | None = None) -> None:
     from .rooms import init_rooms
 
     init_logging(app)
+    init_cors(app, settings["CORS_ORIGINS"])
     app.before_request(runtime.metrics.count_request)
     app.register_blueprint(ops)
     app.register_blueprint(api)

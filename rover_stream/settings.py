@@ -274,6 +274,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WS_ALLOWED_ORIGINS", _origins, (),
             "Browser origins, besides the server's own, that may open room WebSockets (comma-separated, or *).",
             "comma-separated origins such as https://example.org, or *"),
+    Setting("CORS_ORIGINS", _origins, (),
+            "Browser origins whose pages may read this server's responses: streams, the API, downloads "
+            "(comma-separated, or * for any origin without credentials). Others get no CORS headers.",
+            "comma-separated origins such as https://example.org, or *"),
     Setting("ROOM_MAX_MEMBERS", _integer(1, 1_000_000), 1000,
             "Members one room may have in one worker (503 room_full beyond).", "an integer from 1 to 1000000"),
     Setting("ROOM_HISTORY", _integer(0, 10_000), 20,

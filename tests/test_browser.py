@@ -185,3 +185,61 @@ def test_reconnects_after_a_restart_without_a_gap(browser: Any, tmp_path: Path) 
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_cors_lets_listed_sites_read_streams_and_keeps_others_out(browser: Any, live_server: Any) -> None:
+    """A page of another site (another port is another origin) opens an EventSource on the server and
+    fetches /health. Its origin is in ROVER_CORS_ORIGINS: the events and the answer reach it. The same
+    page under an origin that is not listed (localhost instead of 127.0.0.1) gets neither."""
+    import http.server
+    import threading
+
+    from wire_helpers import Publisher
+
+    page_html = b"""<!doctype html><meta charset="utf-8"><title>other site</title><script>
+      const server = new URLSearchParams(location.search).get("server");
+      window.result = {events: [], error: false, fetched: null, fetchError: null};
+      const source = new EventSource(server + "/realtime/cors-check");
+      source.onopen = () => { window.result.open = true; };
+      source.onmessage = (e) => window.result.events.push(JSON.parse(e.data));
+      source.onerror = () => { window.result.error = true; };
+      fetch(server + "/health").then((r) => r.json()).then((j) => { window.result.fetched = j.status; })
+        .catch((e) => { window.result.fetchError = String(e); });
+    </script>"""
+
+    class Site(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page_html)))
+            self.end_headers()
+            self.wfile.write(page_html)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Site)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    site_port = site.server_address[1]
+    server = live_server(env={"ROVER_CORS_ORIGINS": f"http://127.0.0.1:{site_port}", "ROVER_DEMO": "0",
+                              "ROVER_METRICS_INTERVAL": "0"})
+    publish = Publisher(server.port)
+    context = browser.new_context()
+    try:
+        listed, other = context.new_page(), context.new_page()
+        query = f"/?server=http://127.0.0.1:{server.port}"
+        listed.goto(f"http://127.0.0.1:{site_port}{query}")
+        other.goto(f"http://localhost:{site_port}{query}")
+        listed.wait_for_function("window.result.open && window.result.fetched !== null", timeout=10000)
+        other.wait_for_function("window.result.error && window.result.fetchError !== null", timeout=10000)
+        publish("cors-check", {"n": 1})
+        listed.wait_for_function("window.result.events.length === 1", timeout=10000)
+        assert listed.evaluate("window.result") == {"events": [{"n": 1}], "error": False, "fetched": "ok",
+                                                    "fetchError": None, "open": True}
+        outcome = other.evaluate("window.result")
+        assert outcome["events"] == [] and outcome["fetched"] is None and "fetch" in outcome["fetchError"].lower()
+    finally:
+        publish.close()
+        context.close()
+        site.shutdown()
+        site.server_close()
