@@ -33,6 +33,7 @@ def rss_mb(pid: int) -> float:
 
 # simple_websocket's client leaves its socket to the garbage collector when a handshake fails
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.timeout(SECONDS + 100)  # the run, then the checks (setup.cfg's 120 s is for ordinary tests)
 def test_soak_leaves_no_drift_and_loses_nothing(live_server: Any) -> None:
     server = live_server(env={"ROVER_METRICS_INTERVAL": "0", "ROVER_DEMO": "0", "ROVER_WS_MESSAGE_RATE": "100"})
     (pid,) = server.worker_pids()
