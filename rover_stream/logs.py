@@ -105,9 +105,12 @@ class PlainFormatter(logging.Formatter):
         return line
 
 
+_NEEDS_QUOTES = re.compile(r'[ ="\n]')
+
+
 def _plain(value: Any) -> str:
-    text = str(value)
-    return json.dumps(text) if (not text or any(c in text for c in ' ="\n')) else text
+    text = value if isinstance(value, str) else str(value)
+    return json.dumps(text) if (not text or _NEEDS_QUOTES.search(text)) else text
 
 
 class JsonFormatter(logging.Formatter):

@@ -11,7 +11,8 @@ Where the figures come from:
 
 * streams: counted where they are admitted, refused and released (:mod:`.runtime`): opened, open (by kind),
   closed (by kind and reason), refused, errors, bytes sent and seconds open (at release; the bytes of
-  streams still open are added at each sync);
+  streams still open are added at each sync). Admission and release only add to plain numbers; the sync
+  moves them to Prometheus, as for the hub;
 * the hub keeps plain per-process counters (published, delivered, slow subscribers dropped, events
   dropped, events replayed, resets sent); :func:`sync` adds what they gained since the last sync to the
   Prometheus counters, and sets the subscribers per channel and members per room. Every worker syncs
@@ -141,6 +142,14 @@ class ProcessMetrics:
         self._lock = threading.Lock()
         self._last_sync = 0.0
         self.requests = 0  # requests this process answered (for requests a second)
+        # Per-stream counts since the last sync, as plain numbers: a Prometheus update in multiprocess mode
+        # is a lock and an mmap write, and a stream's life would take six of them.
+        self._open_delta: dict[str, int] = {}  # kind -> streams opened minus released
+        self._opened: dict[str, int] = {}
+        self._closed: dict[tuple[str, str], int] = {}  # (kind, reason) -> streams
+        self._closed_bytes = 0
+        self._closed_seconds = 0.0
+        self._errors = 0
 
     def count_request(self) -> None:
         self.requests += 1
@@ -148,24 +157,24 @@ class ProcessMetrics:
     # -- called by the runtime ---------------------------------------------------------------------------
 
     def opened(self, kind: str) -> None:
-        m = instruments()
-        m.opened.labels(kind).inc()
-        m.open.labels(kind).inc()
+        with self._lock:
+            self._opened[kind] = self._opened.get(kind, 0) + 1
+            self._open_delta[kind] = self._open_delta.get(kind, 0) + 1
 
     def rejected(self, reason: str) -> None:
         instruments().rejected.labels(reason).inc()
 
     def released(self, body: Any, reason: str) -> None:
-        m = instruments()
         kind = body.kind
-        m.open.labels(kind).dec()
-        m.closed.labels(kind, reason).inc()
-        if reason == "error":
-            m.errors.inc()
         unsynced = body.bytes_sent - getattr(body, "bytes_counted", 0)
-        if unsynced > 0:
-            m.bytes.inc(unsynced)
-        m.seconds.inc(max(0.0, body.duration))
+        with self._lock:
+            self._open_delta[kind] = self._open_delta.get(kind, 0) - 1
+            self._closed[kind, reason] = self._closed.get((kind, reason), 0) + 1
+            if reason == "error":
+                self._errors += 1
+            if unsynced > 0:
+                self._closed_bytes += unsynced
+            self._closed_seconds += max(0.0, body.duration)
 
     # -- sync --------------------------------------------------------------------------------------------
 
@@ -175,6 +184,21 @@ class ProcessMetrics:
             m = instruments()
             runtime = self.runtime
             hub = runtime.hub
+            for kind, count in self._opened.items():
+                m.opened.labels(kind).inc(count)
+            for kind, delta in self._open_delta.items():
+                if delta:
+                    m.open.labels(kind).inc(delta)
+            for (kind, reason), count in self._closed.items():
+                m.closed.labels(kind, reason).inc(count)
+            if self._errors:
+                m.errors.inc(self._errors)
+            if self._closed_bytes:
+                m.bytes.inc(self._closed_bytes)
+            if self._closed_seconds:
+                m.seconds.inc(self._closed_seconds)
+            self._opened, self._open_delta, self._closed = {}, {}, {}
+            self._errors, self._closed_bytes, self._closed_seconds = 0, 0, 0.0
             for attribute, name in HUB_COUNTERS.items():
                 value = getattr(hub, attribute, 0)
                 delta = value - self._synced_hub.get(attribute, 0)
