@@ -61,9 +61,12 @@ def init_cors(app: Flask, origins: tuple[str, ...]) -> None:
         response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
         return response
 
+    if not listed:
+        return  # nobody may: responses do not depend on Origin (and the common case costs nothing)
+
     @app.after_request
     def _allow(response: Any) -> Any:
-        response.vary.add("Origin")  # caches must not hand one origin's answer to another
+        response.headers.add("Vary", "Origin")  # caches must not hand one origin's answer to another
         origin = request.headers.get("Origin")
         if origin and allowed(origin):
             if origin in listed:

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
@@ -38,7 +38,7 @@ def request_id() -> str | None:
     rid = g.get("rover_request_id")
     if rid is None:
         offered = request.headers.get(REQUEST_ID_HEADER, "")
-        rid = offered if _SANE_ID.match(offered) else uuid.uuid4().hex[:16]
+        rid = offered if _SANE_ID.match(offered) else os.urandom(8).hex()
         g.rover_request_id = rid
     return rid  # type: ignore[no-any-return]
 
@@ -61,18 +61,24 @@ def _fields(body: Any, **more: Any) -> dict[str, Any]:
     return {"kind": body.kind, **(getattr(body, "log_context", None) or {}), **more}
 
 
+def _line(level: int, message: str, fields: dict[str, Any]) -> None:
+    """``log.log(level, message, extra={"fields": fields})`` without looking up the caller's file and line
+    in the stack (no format here shows them): two of these per stream."""
+    if log.isEnabledFor(level):
+        log.handle(log.makeRecord(log.name, level, __file__, 0, message, (), None, extra={"fields": fields}))
+
+
 def _on_opened(body: Any, **_: Any) -> None:
-    log.info("stream open", extra={"fields": _fields(body)})
+    _line(logging.INFO, "stream open", _fields(body))
 
 
 def _on_closed(body: Any, reason: str = "", bytes_sent: int = 0, duration: float = 0.0, **_: Any) -> None:
-    level = logging.WARNING if reason == "error" else logging.INFO
-    log.log(level, "stream close", extra={"fields": _fields(body, reason=reason, duration=round(duration, 3),
-                                                            bytes=bytes_sent)})
+    _line(logging.WARNING if reason == "error" else logging.INFO, "stream close",
+          _fields(body, reason=reason, duration=round(duration, 3), bytes=bytes_sent))
 
 
 def _on_rejected(body: Any, reason: str = "", **_: Any) -> None:
-    log.warning("stream refused", extra={"fields": _fields(body, reason=reason)})
+    _line(logging.WARNING, "stream refused", _fields(body, reason=reason))
 
 
 def _on_dropped(hub: Any, subscription: Any = None, channel: str = "", policy: str = "", **more: Any) -> None:
