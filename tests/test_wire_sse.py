@@ -125,3 +125,15 @@ def test_parser_ignores_bogus_retry(value: str) -> None:
 def test_a_dict_without_data_is_data_not_fields() -> None:
     """{"id": 7, "event": "login"} is an application value; as fields it would dispatch nothing."""
     assert to_bytes({"id": 7, "event": "login"}) == b'data: {"id":7,"event":"login"}\n\n'
+
+
+def test_committed_id_and_retry_are_public() -> None:
+    """What a client resumes with: the id a blank line committed (an id-only block counts; a block cut off
+    by the end of the stream does not), and the reconnection time in force when each event came."""
+    parser = EventStreamParser(last_event_id="3")
+    assert parser.committed_id == "3"
+    assert parser.feed(b"id: 5\n\n") == [] and parser.committed_id == "5"
+    (event,) = parser.feed(b"retry: 1500\ndata: y\n\n")
+    assert event.last_event_id == "5" and event.retry == 1500
+    assert parser.feed(b"id: 6\ndata: cut") == []
+    assert parser.last_event_id == "6" and parser.committed_id == "5"

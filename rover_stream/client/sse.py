@@ -69,28 +69,6 @@ class MessageEvent:
         return json.loads(self.data)
 
 
-class _SourceParser(EventStreamParser):
-    """The parser, plus what a source needs at each blank line. WHATWG: a blank line sets the source's last
-    event id to the id buffer even when it dispatches nothing (the server's id-only position block), and a
-    block cut off by the end of the stream sets nothing. The id buffer of a new connection starts at the
-    source's last id, as in browsers (a block without ``id:`` keeps it). It hooks the parser's
-    ``_dispatch``, which runs at every blank line."""
-
-    def __init__(self, last_event_id: str, retry: int) -> None:
-        super().__init__()
-        self.last_event_id = last_event_id
-        self.retry = retry
-        self.dispatched_id = last_event_id
-        self.retries: list[int] = []
-
-    def _dispatch(self) -> ParsedEvent | None:
-        self.dispatched_id = self.last_event_id
-        event = super()._dispatch()
-        if event is not None:
-            self.retries.append(self.retry if self.retry is not None else DEFAULT_RETRY_MS)
-        return event
-
-
 class EventSource:
     """Iterate over the events of ``url``, reconnecting by itself.
 
@@ -223,7 +201,9 @@ class EventSource:
             self.on_open(self)
 
     def _read(self, exchange: Exchange) -> Iterator[MessageEvent]:
-        parser = _SourceParser(self.last_event_id, self.retry)
+        # A new connection's id buffer starts at the source's last id, as in browsers (a block without
+        # ``id:`` keeps it); the parser's committed_id is what a blank line set it to (WHATWG).
+        parser = EventStreamParser(last_event_id=self.last_event_id, retry=self.retry)
         response = exchange.response
         while not self._closed:
             chunk = response.read1(READ_SIZE)  # what has arrived, at most one HTTP chunk
@@ -233,13 +213,13 @@ class EventSource:
             parser.comments.clear()  # heartbeats: kept by the parser for tests, not for a days-long stream
             if parser.retry is not None:
                 self.retry = parser.retry  # applies at once, not at the next blank line
-            retries, parser.retries = parser.retries, []
-            for parsed, retry in zip(events, retries, strict=True):
+            for parsed in events:
                 if self._closed:
                     return
                 self.last_event_id = parsed.last_event_id
-                yield MessageEvent(parsed.data, parsed.event, parsed.last_event_id, retry)
-            self.last_event_id = parser.dispatched_id
+                yield MessageEvent(parsed.data, parsed.event, parsed.last_event_id,
+                                   parsed.retry if parsed.retry is not None else DEFAULT_RETRY_MS)
+            self.last_event_id = parser.committed_id
 
     def _release(self, exchange: Exchange) -> None:
         with self._lock:

@@ -15,7 +15,7 @@ hold the encoder to, and the parser of the Python client.
 from __future__ import annotations
 
 import codecs
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -25,18 +25,28 @@ class ParsedEvent:
     data: str
     event: str = "message"
     last_event_id: str = ""
+    #: The reconnection time (ms) the stream had set when this event was dispatched (None: never set). Not
+    #: part of the event's identity (MessageEvent has no such field): equal events may differ in it.
+    retry: int | None = field(default=None, compare=False)
 
 
 class EventStreamParser:
-    def __init__(self) -> None:
+    """``last_event_id`` is WHATWG's *last event ID buffer* (set by ``id:`` lines as they come);
+    ``committed_id`` is the source's *last event ID string*, which a blank line sets to the buffer even when
+    it dispatches nothing (an id-only block) and which a block cut off by the end of the stream leaves
+    alone: the id to resume with. ``retry`` applies as soon as its line is read. Start a parser for a new
+    connection at the source's last id with ``EventStreamParser(last_event_id=...)``."""
+
+    def __init__(self, last_event_id: str = "", retry: int | None = None) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._buffer = ""
         self._started = False
         self._pending_cr = False
         self._data: list[str] = []
         self._event = ""
-        self.last_event_id = ""
-        self.retry: int | None = None
+        self.last_event_id = last_event_id
+        self.committed_id = last_event_id
+        self.retry = retry
         self.comments: list[str] = []
 
     def feed(self, chunk: bytes) -> list[ParsedEvent]:
@@ -97,10 +107,11 @@ class EventStreamParser:
         return None
 
     def _dispatch(self) -> ParsedEvent | None:
+        self.committed_id = self.last_event_id
         if not self._data:
             self._event = ""
             return None
-        event = ParsedEvent("\n".join(self._data), self._event or "message", self.last_event_id)
+        event = ParsedEvent("\n".join(self._data), self._event or "message", self.last_event_id, self.retry)
         self._data = []
         self._event = ""
         return event
