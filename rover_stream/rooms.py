@@ -47,7 +47,7 @@ from flask_sock import Sock
 from wsproto.utilities import LocalProtocolError
 
 from .auth import require
-from .errors import ApiError
+from .errors import ApiError, ServiceUnavailable
 from .hub import Subscription, validate_channel
 from .hub.names import is_private
 from .parked import ParkedStream
@@ -360,7 +360,11 @@ class Member:
         self.id = self.feed.id
         self.parked: ParkedMember | None = None
         self.input_open = True
-        runtime.admit(self)  # type: ignore[arg-type]
+        try:
+            runtime.admit(self)  # type: ignore[arg-type]
+        except BaseException:
+            self.feed.close()  # refused (shutting down, at the cap): leave the hub again
+            raise
 
     @property
     def duration(self) -> float:
@@ -531,7 +535,14 @@ def comms(ws: Any, team_channel: str) -> None:
     user = request.environ["rover_stream.room_user"]
     sock = request.environ["gunicorn.socket"]
     presence: Presence = current_app.extensions["rover_stream_presence"]
-    member = Member(runtime, ws, room, user, presence)
+    try:
+        member = Member(runtime, ws, room, user, presence)
+    except ApiError as exc:
+        # Refused after the upgrade (the checks before it passed, then the worker began to stop, filled
+        # up, or lost Redis): the 101 is out, so an HTTP answer would be garbage to the client. Close.
+        code = CLOSE_GOING_AWAY if runtime.shutting_down else CLOSE_TRY_LATER
+        ws.close(reason=code, message=exc.message.encode()[:120].decode(errors="ignore"))
+        return
     lot = runtime.parking_lot()
     parked = ParkedMember(lot, member, sock)
     lot.add(parked)
@@ -540,8 +551,8 @@ def comms(ws: Any, team_channel: str) -> None:
     ws.event = InputEvent(member.on_input)
     ws.environ = None  # the request is over for us: let its objects go
     ws.close = _closed_already
-    history = [m.data for m in hub.history(channel)[-settings["ROOM_HISTORY"]:]
-               if isinstance(m.data, dict) and m.data.get("type") == "message"]
+    history = [{**m.data, "id": m.id} for m in hub.history(channel)[-settings["ROOM_HISTORY"]:]
+               if isinstance(m.data, dict) and m.data.get("type") == "message"]  # ids as in live frames
     member.send_frame({"type": "history", "room": room, "messages": history})
     presence.add(room, member.id, user)
     member.send_frame({"type": "presence", "room": room, "members": presence.members(room)})
@@ -606,6 +617,15 @@ def _check_websocket_request() -> Any:
     if len(presence.rooms.get(room, ())) >= settings["ROOM_MAX_MEMBERS"]:
         raise ApiError(f"Room {room!r} is full ({settings['ROOM_MAX_MEMBERS']} members).", status=503,
                        code="room_full")
+    # What the runtime would refuse once the member registers, refused here while an HTTP answer is
+    # still possible (after the 101 it can only be a close frame).
+    runtime = get_runtime()
+    if runtime.shutting_down:
+        raise ServiceUnavailable("The server is shutting down; reconnect in a moment.", code="shutting_down",
+                                 retry_after=max(1, settings["RETRY_MS"] // 1000))
+    if runtime.open_streams >= runtime.max_streams:
+        raise ServiceUnavailable(f"This worker is serving its maximum of {runtime.max_streams} streams; retry "
+                                 "shortly.", code="too_many_streams", retry_after=max(1, settings["RETRY_MS"] // 1000))
     return None
 
 

@@ -407,3 +407,29 @@ def test_if_range_needs_a_strong_current_etag(app: Flask, client: Any) -> None:
     assert weak.status_code == 200 and weak.data == b"0123456789"
     with_etag = client.get("/download/f.txt", headers={"If-None-Match": "W/" + etag})
     assert with_etag.status_code == 304  # If-None-Match compares weakly
+
+
+def test_room_joins_are_refused_before_the_upgrade_when_the_worker_stops_or_is_full(app: Flask) -> None:
+    """A refusal must come as an HTTP answer before the 101: after it, the client would read the HTTP
+    answer as WebSocket frames (a CI run saw exactly that during a restart: 101, then a 503)."""
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "X-Test": "1"}
+    import socket
+
+    runtime = get_runtime(app)
+    runtime.shutting_down = True
+    sock = socket.socket()  # what gunicorn would hand over (the upgrade is refused before using it)
+    overrides = {"gunicorn.socket": sock}
+    try:
+        answer = app.test_client().get("/ws/comms/science?user=ada", headers=upgrade, environ_overrides=overrides)
+        assert answer.status_code == 503 and answer.get_json()["error"] == "shutting_down"
+        assert int(answer.headers["Retry-After"]) >= 1
+    finally:
+        runtime.shutting_down = False
+    max_streams, runtime.max_streams = runtime.max_streams, 0
+    try:
+        answer = app.test_client().get("/ws/comms/science?user=ada", headers=upgrade, environ_overrides=overrides)
+        assert answer.status_code == 503 and answer.get_json()["error"] == "too_many_streams"
+    finally:
+        runtime.max_streams = max_streams
+        sock.close()
