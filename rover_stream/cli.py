@@ -240,7 +240,9 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
 # -- chat --------------------------------------------------------------------------------------------------
 
 def _chat(args: argparse.Namespace, extra: list[str]) -> int:
-    room = RoomClient(args.url, args.room, args.user, token=args.token)
+    # Back by itself after a server restart or a lost connection ("* reconnected"); not after a close
+    # that is about this client (too big, too fast, refused).
+    room = RoomClient(args.url, args.room, args.user, token=args.token, reconnect=True)
     stop = threading.Event()
     with Prompt(f"{printable(args.user)}> ") as prompt:
         def receive() -> None:
@@ -293,6 +295,11 @@ def format_frame(frame: dict[str, Any]) -> list[str]:
             line for message in messages for line in format_frame({**message, "type": "message"})]
     if kind == "error":
         return [f"! {printable(str(frame.get('message', frame.get('error', ''))))}"]
+    if kind == "disconnected":
+        reason = printable(str(frame.get("reason") or ""))
+        return [f"* connection closed ({frame.get('code')}{': ' + reason if reason else ''}); reconnecting"]
+    if kind == "reconnected":
+        return ["* reconnected"]
     return [printable(json.dumps(frame, ensure_ascii=False))]
 
 

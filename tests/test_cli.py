@@ -68,3 +68,13 @@ def test_an_open_server_refuses_to_listen_beyond_loopback(tmp_path: Path) -> Non
                             timeout=30)
     assert result.returncode != 0
     assert "Refusing to listen on 0.0.0.0:0 without ROVER_SECRET_KEY" in result.stdout + result.stderr
+
+
+def test_chat_shows_a_reconnection_as_two_lines() -> None:
+    from rover_stream.cli import format_frame
+
+    assert format_frame({"type": "disconnected", "room": "ops", "code": 1001, "reason": "server shutting down"}) \
+        == ["* connection closed (1001: server shutting down); reconnecting"]
+    assert format_frame({"type": "disconnected", "room": "ops", "code": 1006, "reason": "\x1b[31mred"}) \
+        == ["* connection closed (1006: \\x1b[31mred); reconnecting"]
+    assert format_frame({"type": "reconnected", "room": "ops", "code": 1001}) == ["* reconnected"]

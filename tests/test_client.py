@@ -667,6 +667,70 @@ def test_room_client_sees_the_server_close(server: Any) -> None:
     room.close()
 
 
+@pytest.mark.live
+def test_room_client_reconnects_after_a_server_restart_without_repeating_history(
+        tmp_path: Path, redis_server: Any) -> None:
+    """``reconnect=True``: the server (on Redis, whose room history outlives it) is stopped with SIGTERM
+    and started again on the same port. The client gets 1001, comes back by itself, says so with a
+    ``reconnected`` frame, and the rejoin's history holds none of the messages it had seen already; a
+    message sent after the restart reaches it. Without ``reconnect`` the 1001 ends the client."""
+    from conftest import LiveServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"ROVER_BIND": f"127.0.0.1:{port}", "ROVER_REDIS_URL": redis_server.url, "ROVER_METRICS_INTERVAL": "0"}
+    first = LiveServer(tmp_path, app="wsgi:app", env=env)
+    second = None
+    staying = RoomClient(first.url, "client-restart", "ada", reconnect=True)
+    leaving = RoomClient(first.url, "client-restart", "grace")
+    try:
+        for n in range(3):
+            staying.send(f"before {n}")
+        seen = []
+        while len(seen) < 3:
+            frame = staying.receive(5)
+            assert frame is not None
+            if frame["type"] == "message":
+                seen.append(frame["text"])
+        first.stop()
+        with pytest.raises(RoomClosed) as caught:
+            while True:
+                leaving.receive(5)
+        assert caught.value.code == 1001
+        second = LiveServer(tmp_path, app="wsgi:app", env=env)
+        after: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 20
+        while not any(f.get("type") == "reconnected" for f in after):
+            assert time.monotonic() < deadline, after
+            frame = staying.receive(1)
+            if frame is not None:
+                after.append(frame)
+        assert next(f for f in after if f["type"] == "reconnected")["code"] == 1001
+        gone = next(f for f in after if f["type"] == "disconnected")
+        assert gone["code"] == 1001 and after.index(gone) < after.index(next(f for f in after
+                                                                         if f["type"] == "reconnected"))
+        with RoomClient(second.url, "client-restart", "linus") as linus:
+            linus.send("after the restart")
+            while True:
+                frame = staying.receive(5)
+                assert frame is not None
+                after.append(frame)
+                if frame.get("text") == "after the restart":
+                    break
+        history = next(f for f in after if f["type"] == "history")
+        assert history["messages"] == []  # all three were seen before the restart
+        texts = [f.get("text") for f in after if f["type"] == "message"]
+        assert texts == ["after the restart"] and staying.reconnections == 1
+        assert staying.close() == 1000
+    finally:
+        staying.close(timeout=1)
+        leaving.close(timeout=1)
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
 def test_message_event_json_round_trip() -> None:
     assert MessageEvent(json.dumps({"a": 1})).json() == {"a": 1}
 

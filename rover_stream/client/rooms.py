@@ -50,6 +50,14 @@ READ_SIZE = 64 * 1024
 CLOSE_TIMEOUT = 3.0
 #: Close codes (RFC 6455 section 7.4.1); 1006 is never sent: it reports a connection lost without a close.
 NORMAL_CLOSURE, CONNECTION_LOST = 1000, 1006
+#: With ``reconnect=True``, the closes worth coming back from: the server going away (1001, a restart),
+#: the connection lost (1006), a server error (1011), a restart (1012), try again later (1013: too slow,
+#: or the server fell behind the room's history). Not 1000, 1008 or 1009: those are about this client.
+RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012, 1013})
+#: Reconnection backoff in seconds: first wait and ceiling.
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
+#: Message ids remembered to drop the history a rejoin replays (what this client has seen already).
+SEEN_IDS = 1000
 
 _CLOSED = object()
 
@@ -70,26 +78,36 @@ class RoomClient:
     :param url: the server (``http://127.0.0.1:8000``); ``ws://`` and ``wss://`` work too.
     :param token: an access token, needed for ``private-`` rooms when the server has a secret.
     :param timeout: seconds to connect and complete the handshake.
+    :param reconnect: come back by itself after a close in :data:`RECONNECT_CODES` (a server restart, a
+        lost connection), with backoff, for as long as it takes. A ``{"type": "disconnected", "room": ...,
+        "code": ..., "reason": ...}`` frame says it went, a ``{"type": "reconnected", "room": ..., "code":
+        ...}`` frame that it is back; then frames go on as before, and the history a rejoin replays is cut
+        to the messages this client has not seen. :meth:`send` raises :class:`RoomClosed` while it is away.
 
     Raises :class:`HTTPError` when the server refuses the upgrade (its JSON message says why: a bad room
     or user name, a missing token, a full room), :class:`ConnectionFailed` when it cannot be reached.
     """
 
     def __init__(self, url: str, room: str, user: str | None = None, *, token: str | None = None,
-                 timeout: float = CONNECT_TIMEOUT) -> None:
+                 timeout: float = CONNECT_TIMEOUT, reconnect: bool = False) -> None:
         self.url = room_url(url, room, user)
         self.room = room
         self.user = user
+        self.reconnect = reconnect
+        self.reconnections = 0
         #: The close code and reason, once the connection is closed (the server's, or 1006).
         self.close_code: int | None = None
         self.close_reason = ""
+        self._token, self._timeout = token, timeout
         self._frames: queue.Queue[Any] = queue.Queue()
         self._lock = threading.Lock()  # one writer: the reader thread's pongs and close replies, and send()
         self._done = threading.Event()
+        self._leaving = threading.Event()  # close() was called: no more reconnecting
+        self._seen: dict[str, None] = {}  # message ids, oldest first (an ordered set of at most SEEN_IDS)
         self._text: list[str] = []
         self._ws = WSConnection(ConnectionType.CLIENT)
         self._sock = self._handshake(token, timeout)
-        self._reader = threading.Thread(target=self._read_loop, name=f"rover-stream-room-{room}", daemon=True)
+        self._reader = threading.Thread(target=self._run, name=f"rover-stream-room-{room}", daemon=True)
         self._reader.start()
 
     # -- public API ------------------------------------------------------------------------------------------
@@ -134,6 +152,7 @@ class RoomClient:
     def close(self, code: int = NORMAL_CLOSURE, reason: str = "", timeout: float = CLOSE_TIMEOUT) -> int | None:
         """Leave: send a close frame, wait for the server's and for the end of the connection (RFC 6455:
         the server closes the TCP connection first). Returns the server's close code."""
+        self._leaving.set()
         with self._lock:
             if self._ws.state == ConnectionState.OPEN:
                 try:
@@ -213,6 +232,43 @@ class RoomClient:
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in rejection.headers}
         return HTTPError.from_body(self.url, rejection.status_code, "", body, headers)
 
+    def _run(self) -> None:
+        """The reader thread: read the connection; with ``reconnect``, come back after a close worth it."""
+        while True:
+            self._read_loop()
+            code, reason = self.close_code or CONNECTION_LOST, self.close_reason
+            if not self.reconnect or self._leaving.is_set() or code not in RECONNECT_CODES:
+                break
+            self._frames.put({"type": "disconnected", "room": self.room, "code": code, "reason": reason})
+            if not self._come_back(code):
+                break
+        self._frames.put(_CLOSED)
+        self._done.set()
+
+    def _come_back(self, code: int) -> bool:
+        """Connect again, with backoff, until it works or the client leaves. True once back."""
+        wait = BACKOFF_FIRST
+        while not self._leaving.wait(wait):
+            ws = WSConnection(ConnectionType.CLIENT)
+            previous, self._ws = self._ws, ws
+            try:
+                sock = self._handshake(self._token, self._timeout)
+            except (ConnectionFailed, HTTPError, OSError):
+                self._ws = previous
+                wait = min(BACKOFF_MAX, wait * 2)
+                continue
+            if self._leaving.is_set():  # close() was called while we were connecting
+                sock.close()
+                return False
+            with self._lock:
+                old, self._sock = self._sock, sock
+                self.close_code, self.close_reason = None, ""
+            old.close()
+            self.reconnections += 1
+            self._frames.put({"type": "reconnected", "room": self.room, "code": code})
+            return True
+        return False
+
     def _read_loop(self) -> None:
         try:
             while True:
@@ -236,7 +292,7 @@ class RoomClient:
             if isinstance(event, TextMessage):
                 self._text.append(event.data)
                 if event.message_finished:
-                    self._frames.put(_frame("".join(self._text)))
+                    self._frames.put(self._remember(_frame("".join(self._text))))
                     self._text = []
             elif isinstance(event, Ping):
                 out += self._ws.send(event.response())
@@ -248,12 +304,27 @@ class RoomClient:
                 pass  # the rooms protocol is text only
         return out
 
+    def _remember(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Note the ids of messages seen; cut a history to those not seen (after a rejoin)."""
+        if frame.get("type") == "history" and isinstance(frame.get("messages"), list):
+            frame = {**frame, "messages": [m for m in frame["messages"]
+                                           if not (isinstance(m, dict) and m.get("id") in self._seen)]}
+            for message in frame["messages"]:
+                self._note(message)
+        else:
+            self._note(frame)
+        return frame
+
+    def _note(self, message: Any) -> None:
+        if isinstance(message, dict) and isinstance(message.get("id"), str):
+            self._seen[message["id"]] = None
+            if len(self._seen) > SEEN_IDS:
+                del self._seen[next(iter(self._seen))]
+
     def _finish(self, code: int, reason: str) -> None:
+        """The connection is over (the reader thread's :meth:`_run` decides what comes next)."""
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
-            self._frames.put(_CLOSED)
-        if code == CONNECTION_LOST or self._ws.state == ConnectionState.CLOSED:
-            self._done.set()
 
     def _shutdown(self) -> None:
         try:
