@@ -440,3 +440,29 @@ def test_several_workers_without_redis_show_the_same_rover(live_server: Any) -> 
         assert reading == telemetry.reading(reading["tick"])
     pids = {get_json(server.port, "/health")["pid"] for _ in range(20)}
     assert pids <= set(server.worker_pids())
+
+
+def test_analytics_are_the_deployments_with_redis(live_server: Any, redis_server: Any) -> None:
+    """Two workers on Redis: page views, visitors, API calls and errors land on either worker, and the
+    analytics stream (served by either) ends up showing exactly what the whole server saw."""
+    server = live_server(app="wsgi:app", env={"ROVER_REDIS_URL": redis_server.url, "ROVER_WORKERS": "2"})
+    reader = sse(server, "/analytics-stream?interval=0.1&keepalive=0.5")
+    start = data(reader.events(1, timeout=5)[0])
+    visitors = [f"{n:032x}" for n in range(1, 6)]
+    for n in range(12):  # 12 page views by 5 visitors, on new connections: both workers get some
+        request(server.port, "/", {"Accept": "text/html", "Cookie": f"rover_visitor={visitors[n % 5]}"}).close()
+    for _ in range(4):
+        assert request(server.port, "/download/absent").status == 404
+    for _ in range(3):
+        post_json(server, "/chat/send", {"user": "a", "message": "b"})
+    want = {"page_views": start["page_views"] + 12, "unique_visitors": start["unique_visitors"] + 5,
+            "api_calls": start["api_calls"] + 3, "errors": start["errors"] + 4}
+
+    def caught_up() -> dict[str, Any] | None:
+        latest = data(reader.events(1, timeout=3)[0])
+        return latest if all(latest[k] == v for k, v in want.items()) else None
+
+    assert wait_for(caught_up, 10), want
+    time.sleep(2.5)  # every worker has shared its counts twice since: nothing more comes
+    final = data(reader.events(1, timeout=3)[0])  # the state, as a keepalive
+    assert {k: final[k] for k in want} == want

@@ -31,3 +31,5 @@ def register_demo(app: Flask) -> None:
     app.register_blueprint(demo)
     app.register_blueprint(guide)
     rs.add_producer(app, "rover-telemetry", live.telemetry_producer(app))
+    if getattr(rs.get_hub(app).engine, "remote", False):  # Redis: the analytics are the deployment's
+        rs.add_producer(app, "demo-analytics", live.analytics_sharing(app, counters), scope="worker")

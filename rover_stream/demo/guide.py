@@ -256,7 +256,8 @@ def send_chat_message() -> Any:
 
 @guide.get("/analytics-stream")
 def analytics_stream() -> Any:
-    """Page views, unique visitors, API calls and errors of this server (this worker process): an event
+    """Page views, unique visitors, API calls and errors of this server (every worker and host with Redis;
+    this worker process without): an event
     when they change (checked every ``?interval=``, 1 s), the current state as ``event: keepalive`` after
     5 s without change."""
     counters: live.Counters = current_app.extensions["rover_demo_counters"]

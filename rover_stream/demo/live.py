@@ -4,12 +4,15 @@
   tick of :mod:`.telemetry` on ``rover.telemetry``. When it starts it first publishes the ticks the channel's
   history lacks (after a restart, or when it takes over from a producer on another host), at most
   :data:`BACKFILL` of them, so a client that resumes with its Last-Event-ID sees no gap.
-* :class:`Counters` counts requests, page views, unique visitors (a cookie), API calls and errors of this
-  worker process, for ``/analytics-stream`` and the metrics.
+* :class:`Counters` counts requests, page views, unique visitors (a cookie), API calls and errors, for
+  ``/analytics-stream`` and the metrics. With Redis, every worker of every host adds what it counted to
+  shared totals once a second (``INCRBY``, and ``PFADD`` into a HyperLogLog for the visitors), so the
+  figures are the deployment's; with the in-process hub they are this process's.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -21,11 +24,15 @@ import rover_stream as rs
 
 from . import telemetry
 
+log = logging.getLogger("rover_stream.demo")
+
 TELEMETRY_CHANNEL = "rover.telemetry"
 CHAT_CHANNEL = "chat"
 BACKFILL = 90  # ticks: three minutes
 VISITOR_COOKIE = "rover_visitor"
 MAX_VISITORS = 100_000  # distinct visitors remembered (beyond that, new ones are not counted)
+#: The counts that are summed over the deployment when Redis is configured.
+SHARED = ("page_views", "api_calls", "errors")
 
 
 class Counters:
@@ -40,6 +47,11 @@ class Counters:
         self.visitors: set[str] = set()
         self.changed = threading.Event()
         self._rate_from = (time.monotonic(), 0)
+        #: The deployment's totals as last read from Redis (None: no Redis, the figures are this process's).
+        self.shared: dict[str, int] | None = None
+        self._flushed = dict.fromkeys(SHARED, 0)  # what of this process's counts the shared totals hold
+        self._new_visitors: list[str] = []  # seen here, not yet added to the shared HyperLogLog
+        self._sharing_visitors = 0  # of those, being added right now
 
     def requests_per_second(self) -> float:
         """Requests a second since the previous call (at least the last second)."""
@@ -52,8 +64,46 @@ class Counters:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {"page_views": self.page_views, "unique_visitors": len(self.visitors),
-                    "api_calls": self.api_calls, "errors": self.errors, "timestamp": time.time()}
+            mine = {"page_views": self.page_views, "api_calls": self.api_calls, "errors": self.errors}
+            shared = self.shared
+            if shared is None:
+                return {**mine, "unique_visitors": len(self.visitors), "timestamp": time.time()}
+            # The deployment's totals, plus what this process counted since it last added to them.
+            totals = {name: shared[name] + mine[name] - self._flushed[name] for name in SHARED}
+            unique = shared["unique_visitors"] + len(self._new_visitors) + self._sharing_visitors
+            return {**totals, "unique_visitors": unique, "timestamp": time.time()}
+
+    def share(self, redis: Any, prefix: str) -> None:
+        """Add this process's counts since the last call to the deployment's totals in Redis, and read
+        those back. Nothing is lost when Redis fails: the counts wait for the next call."""
+        with self._lock:
+            deltas = {name: getattr(self, name) - self._flushed[name] for name in SHARED}
+            visitors, self._new_visitors = self._new_visitors, []
+            self._sharing_visitors = len(visitors)
+        try:
+            with redis.pipeline(transaction=False) as pipe:
+                for name, delta in deltas.items():
+                    if delta:
+                        pipe.incrby(prefix + name, delta)
+                if visitors:
+                    pipe.pfadd(prefix + "visitors", *visitors)
+                pipe.mget([prefix + name for name in SHARED])
+                pipe.pfcount(prefix + "visitors")
+                *_, totals, unique = pipe.execute()
+        except Exception:
+            with self._lock:
+                self._new_visitors[:0] = visitors
+                self._sharing_visitors = 0
+            raise
+        with self._lock:
+            self._sharing_visitors = 0
+            for name, delta in deltas.items():
+                self._flushed[name] += delta
+            before = self.shared
+            self.shared = {**{name: int(value or 0) for name, value in zip(SHARED, totals, strict=True)},
+                           "unique_visitors": int(unique)}
+        if self.shared != before:
+            self.changed.set()
 
     def count_request(self) -> None:
         with self._lock:
@@ -66,8 +116,9 @@ class Counters:
     def count_page_view(self, visitor: str) -> None:
         with self._lock:
             self.page_views += 1
-            if len(self.visitors) < MAX_VISITORS:
+            if len(self.visitors) < MAX_VISITORS and visitor not in self.visitors:
                 self.visitors.add(visitor)
+                self._new_visitors.append(visitor)
             self.changed.set()
 
     def count_response(self, response: Response) -> Response:
@@ -87,6 +138,20 @@ def visitor_id() -> tuple[str, bool]:
 
 
 # -- producers ----------------------------------------------------------------------------------------------
+
+def analytics_sharing(app: Flask, counters: Counters) -> Any:
+    """A producer (one per worker, only with Redis): every second, :meth:`Counters.share`."""
+    def run(stop: threading.Event) -> None:
+        engine = rs.get_hub(app).engine
+        redis, prefix = engine.client(), f"{engine.prefix}demo:analytics:"
+        while not stop.wait(1.0):
+            try:
+                counters.share(redis, prefix)
+            except Exception as exc:  # noqa: BLE001 (Redis away: the counts wait)
+                log.debug("analytics not shared this time: %s", exc)
+
+    return run
+
 
 def telemetry_producer(app: Flask) -> Any:
     def run(stop: threading.Event) -> None:
