@@ -17,9 +17,10 @@ Where the figures come from:
   dropped, events replayed, resets sent); :func:`sync` adds what they gained since the last sync to the
   Prometheus counters, and sets the subscribers per channel and members per room. Every worker syncs
   every :data:`SYNC_INTERVAL` seconds, and the worker that answers a scrape syncs first;
-* delivery latency (from publish to the write that carried the event, sampled per write): recorded in a
-  local histogram on the hot path (a bisect and two additions) and added to the Prometheus histogram at
-  each sync, so the writer never touches the shared files per event.
+* delivery latency (from publish to the write that carried the event; every event of a write is counted
+  at the age of the oldest one in it): recorded in a local histogram on the hot path (a bisect and two
+  additions per write) and added to the Prometheus histogram at each sync, so the writer never touches the
+  shared files per event.
 """
 
 from __future__ import annotations
@@ -107,9 +108,11 @@ class LatencyRecorder:
         self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.total = 0.0
 
-    def record(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.total += seconds
+    def record(self, seconds: float, events: int = 1) -> None:
+        """``events`` delivered in one write, ``seconds`` after the oldest of them was published: each is
+        counted at that age (an upper bound for the others, and one bisect per write, not per event)."""
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += events
+        self.total += seconds * events
 
     def drain_into(self, histogram: Any) -> None:
         counts, total = self.counts, self.total

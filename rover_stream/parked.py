@@ -128,8 +128,8 @@ class ParkedStream:
         if parts:
             self._write(parts[0] if len(parts) == 1 else b"".join(parts), now)
             subscription: Any = self.subscription
-            if subscription.taken_time:  # delivery latency, sampled per write (see rover_stream.metrics)
-                self.lot.latency.record(time.time() - subscription.taken_time)
+            if subscription.taken_time:  # delivery latency of the events just written (see rover_stream.metrics)
+                self.lot.latency.record(time.time() - subscription.taken_time, len(parts))
                 subscription.taken_time = 0.0
             if not self.unsent and (subscription.backlog or subscription.preamble or subscription.queue.qsize()):
                 self.lot.mark(self)  # more to write (replay, queued events): after the others had their turn

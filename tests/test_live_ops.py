@@ -142,6 +142,26 @@ def test_every_figure_follows_the_traffic_over_two_workers(live_server: Any, red
     assert metrics["rover_streams_closed_total{kind=websocket,reason=disconnect}"] == 2
 
 
+def test_delivery_latency_counts_every_live_event(live_server: Any) -> None:
+    """The latency histogram counts events, not writes: 300 events published in a burst to three readers
+    (several per write, as they pile up) add exactly 900 observations."""
+    server = live_server(env={"ROVER_DEMO": "0"})
+    readers = [subscribe(server.port, "latency") for _ in range(3)]
+    publish = Publisher(server.port)
+    try:
+        before = prometheus(server.port).get("rover_delivery_latency_seconds_count", 0)
+        for n in range(300):
+            publish("latency", n)
+        for reader in readers:
+            reader.until(b"data: 299\n", timeout=10)
+        assert wait_for(lambda: prometheus(server.port)["rover_delivery_latency_seconds_count"] - before == 900,
+                        timeout=5), prometheus(server.port)["rover_delivery_latency_seconds_count"] - before
+    finally:
+        publish.close()
+        for reader in readers:
+            reader.response.close()
+
+
 def test_a_worker_killed_keeps_its_counts_and_loses_its_gauges(live_server: Any, redis_server: Any) -> None:
     server = live_server(env={**QUIET, "ROVER_WORKERS": "2", "ROVER_REDIS_URL": redis_server.url})
     readers = [subscribe(server.port, "k") for _ in range(8)]
