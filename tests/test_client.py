@@ -811,16 +811,60 @@ def prompt_on_a_pty() -> Iterator[tuple[Prompt, int, io.StringIO]]:
 
 def test_prompt_edits_the_line_and_keeps_it_while_lines_are_shown() -> None:
     with prompt_on_a_pty() as (prompt, keys, out):
-        os.write(keys, b"ab\x1b[Dc\x17xyz")  # an arrow key is ignored, Ctrl-W erases a word
+        os.write(keys, b"ab cd\x17xyz\x1b[1;5A")  # Ctrl-W erases a word; an unknown sequence is ignored
         stop = threading.Event()
         threading.Timer(0.3, stop.set).start()
-        assert prompt.read_line(stop) is None and prompt.buffer == "xyz"
+        assert prompt.read_line(stop) is None and prompt.buffer == "ab xyz"
         prompt.show("grace: hi")
-        assert out.getvalue().endswith("\r\x1b[Kgrace: hi\nme> xyz")
+        assert out.getvalue().endswith("\r\x1b[Kgrace: hi\nme> ab xyz")
+        os.write(keys, b"\x15")  # Ctrl-U: everything before the cursor
+        threading.Timer(0.3, stop.set).start()
+        stop.clear()
+        assert prompt.read_line(stop) is None and prompt.buffer == ""
+        os.write(keys, b"xyz")
         os.write(keys, "\x7fé\r\x15gone\x15kept\n\x04".encode())  # Backspace, Enter, Ctrl-U, Ctrl-D
         assert prompt.read_line() == "xyé"
         assert prompt.read_line() == "kept"
         assert prompt.read_line() is None
+
+
+def test_prompt_moves_the_cursor_and_edits_in_the_middle() -> None:
+    with prompt_on_a_pty() as (prompt, keys, out):
+        # "abd", Left, "c" -> "abcd"; Home, Delete -> "bcd"; End, "e" -> "bcde"; Ctrl-A, "<"; Ctrl-E, ">"
+        # -> "<bcde>"; Left twice (before "e"), Backspace -> "<bce>": every key acts where the cursor is.
+        os.write(keys, b"abd\x1b[Dc\x1b[H\x1b[3~\x1b[Fe\x01<\x05>\x1b[D\x1b[D\x7f\r")
+        assert prompt.read_line() == "<bce>"
+        assert out.getvalue().endswith("\r\x1b[Kme> ")  # a new, empty input after Enter
+
+
+def test_a_long_input_scrolls_sideways_and_is_sent_whole() -> None:
+    import fcntl
+    import termios
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 30, 0, 0))  # a 30-column terminal
+    terminal = open(slave, "w", closefd=False)  # noqa: SIM115 -- closed below
+    stdin = open(slave, closefd=True)  # noqa: SIM115 -- closed below
+    try:
+        with Prompt("me> ", stdin=stdin, stdout=terminal) as prompt:
+            text = "".join(chr(ord("a") + n % 26) for n in range(60))
+            os.write(master, text.encode())
+            stop = threading.Event()
+            threading.Timer(0.3, stop.set).start()
+            assert prompt.read_line(stop) is None
+            drawn = prompt._input_line()
+            assert drawn == "\r\x1b[Kme> " + text[-25:]  # 30 - the prompt - 1: the tail, where the cursor is
+            os.write(master, b"\x01")  # Ctrl-A: the start comes into view, the cursor on it
+            stop.clear()
+            threading.Timer(0.3, stop.set).start()
+            assert prompt.read_line(stop) is None
+            assert prompt._input_line() == "\r\x1b[Kme> " + text[:25] + "\x1b[25D"
+            os.write(master, b"\r")
+            assert prompt.read_line() == text
+    finally:
+        terminal.close()
+        stdin.close()
+        os.close(master)
 
 
 def test_prompt_ctrl_c_interrupts() -> None:

@@ -10,6 +10,7 @@ pipe or a file) it reads plain lines and prints plain lines.
 from __future__ import annotations
 
 import codecs
+import io
 import os
 import select
 import sys
@@ -40,7 +41,10 @@ class Prompt:
 
     Use it as a context manager (it sets the terminal up and restores it), :meth:`show` to print a line
     from any thread and :meth:`read_line` in the main thread. Ctrl-C raises ``KeyboardInterrupt``, Ctrl-D
-    on an empty line ends the input; Backspace, Ctrl-U (erase the line) and Ctrl-W (erase a word) edit it.
+    on an empty line ends the input. Editing: Left/Right, Home/End (and Ctrl-A/Ctrl-E) move the cursor;
+    Backspace and Delete erase a character, Ctrl-U everything before the cursor, Ctrl-W the word before
+    it; other escape sequences are ignored. An input longer than the terminal is wide scrolls sideways on
+    its one line, so that the cursor stays in view and lines printed above it never meet a wrapped input.
     """
 
     def __init__(self, prompt: str, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
@@ -50,8 +54,10 @@ class Prompt:
         self.fd = self.stdin.fileno()
         self.interactive = self.stdin.isatty()
         self.buffer = ""
+        self.cursor = 0  # where in the buffer the next key goes
+        self._offset = 0  # the first character of the buffer shown (a long input scrolls sideways)
         self._pending = ""
-        self._escape = 0  # 1 after ESC, 2 inside a CSI/SS3 sequence (arrow keys...): swallowed
+        self._escape = ""  # an escape sequence being read: "\x1b", then "\x1b[" or "\x1bO" and its bytes
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._lock = threading.Lock()
         self._saved: Any = None
@@ -83,7 +89,7 @@ class Prompt:
         """Print ``line`` above the prompt, keeping the input as it is (from any thread)."""
         with self._lock:
             if self.interactive:
-                self._write(f"{CLEAR_LINE}{line}\n{self.prompt}{self.buffer}")
+                self._write(f"{CLEAR_LINE}{line}\n{self._input_line(clear=False)}")  # a new line: nothing to clear
             else:
                 self._write(line + "\n")
 
@@ -121,13 +127,15 @@ class Prompt:
 
     def _key(self, char: str) -> str | None:
         if self._escape:
-            if self._escape == 1:
-                self._escape = 2 if char in "[O" else 0
-            elif "@" <= char <= "~":
-                self._escape = 0
+            self._escape += char
+            if len(self._escape) == 2 and char not in "[O":
+                self._escape = ""  # ESC and a key (Alt-key): ignored
+            elif len(self._escape) > 2 and "@" <= char <= "~":
+                sequence, self._escape = self._escape[2:], ""
+                self._move(sequence)
             return None
         if char in "\r\n":
-            line, self.buffer = self.buffer, ""
+            line, self.buffer, self.cursor, self._offset = self.buffer, "", 0, 0
             with self._lock:
                 self._write(CLEAR_LINE + self.prompt)
             return line
@@ -135,24 +143,58 @@ class Prompt:
             raise KeyboardInterrupt
         if char == "\x04" and not self.buffer:
             raise EOFError  # Ctrl-D on an empty line: the end of the input, as in a shell
+        before, after = self.buffer[:self.cursor], self.buffer[self.cursor:]
         if char == "\x1b":
-            self._escape = 1
+            self._escape = char
         elif char in "\x7f\x08":
-            self._edit(self.buffer[:-1])
+            self._edit(before[:-1], after)
         elif char == "\x15":
-            self._edit("")
+            self._edit("", after)
         elif char == "\x17":
-            self._edit(self.buffer.rstrip().rpartition(" ")[0] + (" " if " " in self.buffer.rstrip() else ""))
+            kept = before.rstrip()
+            self._edit(kept.rpartition(" ")[0] + (" " if " " in kept else ""), after)
+        elif char == "\x01":
+            self._edit("", before + after)
+        elif char == "\x05":
+            self._edit(before + after, "")
         elif char >= " ":
-            self.buffer += char
-            with self._lock:
-                self._write(char)
+            self._edit(before + char, after)
         return None
 
-    def _edit(self, buffer: str) -> None:
-        self.buffer = buffer
+    def _move(self, sequence: str) -> None:
+        """A CSI or SS3 sequence: the arrows, Home, End and Delete act; the rest is ignored."""
+        before, after = self.buffer[:self.cursor], self.buffer[self.cursor:]
+        if sequence == "D" and before:
+            self._edit(before[:-1], before[-1] + after)
+        elif sequence == "C" and after:
+            self._edit(before + after[0], after[1:])
+        elif sequence in ("H", "1~", "7~"):
+            self._edit("", before + after)
+        elif sequence in ("F", "4~", "8~"):
+            self._edit(before + after, "")
+        elif sequence == "3~" and after:
+            self._edit(before, after[1:])
+
+    def _edit(self, before: str, after: str) -> None:
+        self.buffer, self.cursor = before + after, len(before)
         with self._lock:
-            self._write(f"{CLEAR_LINE}{self.prompt}{self.buffer}")
+            self._write(self._input_line())
+
+    def _input_line(self, clear: bool = True) -> str:
+        """The prompt line as drawn: the prompt and the part of the input around the cursor that fits."""
+        try:
+            columns = os.get_terminal_size(self.stdout.fileno()).columns
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            columns = 80
+        room = max(10, columns - len(self.prompt) - 1)
+        if self.cursor < self._offset:
+            self._offset = self.cursor
+        elif self.cursor > self._offset + room:
+            self._offset = self.cursor - room
+        self._offset = max(0, min(self._offset, max(0, len(self.buffer) - room)))
+        shown = self.buffer[self._offset:self._offset + room]
+        back = len(shown) - (self.cursor - self._offset)
+        return f"{CLEAR_LINE if clear else ''}{self.prompt}{shown}" + (f"\x1b[{back}D" if back > 0 else "")
 
     def _write(self, text: str) -> None:
         self.stdout.write(text)
