@@ -1,8 +1,9 @@
 """The Redis engine: the same hub across gunicorn workers and hosts (``ROVER_REDIS_URL``).
 
 Each channel is a Redis Stream, ``<prefix>ch:<channel>``: publishing is one ``XADD`` (approximately capped
-at ``HISTORY_SIZE`` entries; the stream expires ``HISTORY_TTL`` after its last event) and the stream id is
-the event id, so a client can resume with ``Last-Event-ID`` on any worker of any host, and after a restart.
+at ``HISTORY_SIZE`` entries, but never below :data:`READER_FLOOR`, the readers' buffer; a replay returns at
+most ``HISTORY_SIZE``; the stream expires ``HISTORY_TTL`` after its last event) and the stream id is the
+event id, so a client can resume with ``Last-Event-ID`` on any worker of any host, and after a restart.
 
 Each worker process runs **one reader**: a greenlet that ``XREAD``\\ s every channel with local subscribers,
 from the last id it delivered, and fans each entry out through :meth:`Hub.deliver`, exactly as the
@@ -49,8 +50,11 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.05, 1.0
 COUNT_REFRESH = 5.0
 #: Redis connections per worker for publishing and history (the reader has its own).
 POOL_SIZE = 8
-#: Entries a replay may return beyond the history size: what approximate trimming leaves (one node's worth).
-TRIM_SLACK = 100
+#: Entries every channel's stream keeps at least, whatever its history size (even 0, live only): the
+#: readers' buffer. A worker's reader may fall this far behind (busy fanning out, briefly away) before
+#: entries it has not read are trimmed (a gap, which ends the channel's streams). Replays still return at
+#: most the channel's history size.
+READER_FLOOR = 1000
 #: Seconds between refreshes of a channel's stream expiry and subscriber count when publishing.
 REFRESH_EVERY = 1.0
 
@@ -156,12 +160,12 @@ class RedisEngine:
         now = time.monotonic()
         # The stream's expiry and the subscriber count are refreshed once a second per channel, not per event.
         refresh = self._refreshed.get(channel, 0.0) + REFRESH_EVERY <= now
-        size = self.size_for(channel)
+        keep = max(self.size_for(channel), READER_FLOOR)
         ttl = max(1, int(self.history_ttl)) if refresh else 0
         try:
             answer = self._publish_script(
                 keys=[self._key(channel), f"{self.prefix}seq:{channel}", f"{self.prefix}subs:{channel}"],
-                args=[size or 1, 0 if size else 1, ttl, body, data_json, event or ""])
+                args=[keep, 0, ttl, body, data_json, event or ""])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unavailable(exc) from None
         self.connected = True
@@ -202,12 +206,12 @@ class RedisEngine:
 
         self._ensure_started()
         name = self._key(channel)
-        limit = max(self.size_for(channel), 1) + TRIM_SLACK
+        size = self.size_for(channel)
         try:
             with self._redis.pipeline(transaction=False) as pipe:
-                # The newest entries after ``key``: trimming is approximate (whole nodes of 100 entries), so
-                # the stream may hold up to about that many more than the history size; all are replayed.
-                pipe.xrevrange(name, min=f"({format_id(key)}" if key else "-", count=limit)
+                # The newest ``size`` entries after ``key`` (the stream keeps more, for the readers), and
+                # one more: if it exists, the client missed events beyond the history.
+                pipe.xrevrange(name, min=f"({format_id(key)}" if key else "-", count=size + 1)
                 pipe.xinfo_stream(name)  # an error (no such key) when the channel has no stream yet
                 entries, info = pipe.execute(raise_on_error=False)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -215,6 +219,9 @@ class RedisEngine:
         if isinstance(entries, Exception):
             raise self._unavailable(entries)
         entries.reverse()
+        beyond = len(entries) > size
+        if beyond:
+            entries = entries[1:]
         messages = [self._message(channel, sid, f[b"b"], f[b"d"], f.get(b"e", b"")) for sid, f in entries]
         oldest_kept = time.time() - self.history_ttl
         messages = [m for m in messages if m.time >= oldest_kept]
@@ -230,8 +237,7 @@ class RedisEngine:
         oldest = parse_id(_text(first[0])) if first else None
         added, length = info.get("entries-added"), info.get("length")
         lost_some = added is None or length is None or int(added) > int(length)
-        if ((oldest is not None and key < oldest and lost_some) or len(messages) < len(entries)
-                or len(entries) == limit):
+        if (oldest is not None and key < oldest and lost_some) or len(messages) < len(entries) or beyond:
             return Replay(messages, reset="expired")
         return Replay(messages)
 
