@@ -8,6 +8,7 @@ lock: under gevent nothing preempts between two bytecodes of ours, and under rea
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -25,6 +26,8 @@ from .metrics import ProcessMetrics
 from .parked import ParkingLot
 from .producers import Producer
 from .settings import Settings
+
+log = logging.getLogger("rover_stream.runtime")
 
 if TYPE_CHECKING:
     from .streaming import StreamBody
@@ -277,8 +280,14 @@ def drain_streams(timeout: float) -> int:
     while True:
         left = sum(runtime.open_streams for runtime in list(_RUNTIMES))
         if not left or time.monotonic() >= deadline:
-            return left
+            break
         time.sleep(0.02)
+    for runtime in list(_RUNTIMES):  # the streams that just ended are counted (the sync producer has stopped)
+        try:
+            runtime.metrics.sync()
+        except Exception:  # noqa: BLE001 (an exiting worker does not fail over its metrics)
+            log.exception("could not sync the metrics at exit")
+    return left
 
 
 def start_all_producers() -> None:

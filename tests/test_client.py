@@ -731,6 +731,39 @@ def test_room_client_reconnects_after_a_server_restart_without_repeating_history
             second.stop()
 
 
+@pytest.mark.live
+def test_room_client_gives_up_when_the_server_refuses_it_for_good(tmp_path: Path) -> None:
+    """``reconnect=True`` against a server that comes back with a secret: the private room now needs a
+    token this client lacks (401). It does not retry forever: it ends, saying why."""
+    from conftest import LiveServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"ROVER_BIND": f"127.0.0.1:{port}", "ROVER_METRICS_INTERVAL": "0", "ROVER_DEMO": "0"}
+    first = LiveServer(tmp_path, env=env)
+    second = None
+    room = RoomClient(first.url, "private-ops", "ada", reconnect=True)
+    try:
+        first.stop()
+        second = LiveServer(tmp_path, env={**env, "ROVER_SECRET_KEY": "k" * 32})
+        frames = []
+        with pytest.raises(RoomClosed) as caught:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                frame = room.receive(1)
+                if frame is not None:
+                    frames.append(frame)
+        assert "401" in caught.value.reason, caught.value
+        assert any(f["type"] == "disconnected" for f in frames)
+        assert not any(f["type"] == "reconnected" for f in frames)
+    finally:
+        room.close(timeout=1)
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
 def test_message_event_json_round_trip() -> None:
     assert MessageEvent(json.dumps({"a": 1})).json() == {"a": 1}
 

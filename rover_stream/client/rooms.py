@@ -23,6 +23,7 @@ import queue
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any
@@ -54,8 +55,8 @@ NORMAL_CLOSURE, CONNECTION_LOST = 1000, 1006
 #: the connection lost (1006), a server error (1011), a restart (1012), try again later (1013: too slow,
 #: or the server fell behind the room's history). Not 1000, 1008 or 1009: those are about this client.
 RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012, 1013})
-#: Reconnection backoff in seconds: first wait and ceiling.
-BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
+#: Reconnection backoff in seconds: first wait and ceiling; a connection that lasted STABLE seconds resets it.
+BACKOFF_FIRST, BACKOFF_MAX, STABLE = 0.5, 10.0, 10.0
 #: Message ids remembered to drop the history a rejoin replays (what this client has seen already).
 SEEN_IDS = 1000
 
@@ -107,6 +108,8 @@ class RoomClient:
         self._text: list[str] = []
         self._ws = WSConnection(ConnectionType.CLIENT)
         self._sock = self._handshake(token, timeout)
+        self._connected_at = time.monotonic()
+        self._backoff = BACKOFF_FIRST
         self._reader = threading.Thread(target=self._run, name=f"rover-stream-room-{room}", daemon=True)
         self._reader.start()
 
@@ -246,24 +249,37 @@ class RoomClient:
         self._done.set()
 
     def _come_back(self, code: int) -> bool:
-        """Connect again, with backoff, until it works or the client leaves. True once back."""
-        wait = BACKOFF_FIRST
-        while not self._leaving.wait(wait):
+        """Connect again, with backoff, until it works or the client leaves. True once back. The backoff
+        goes on from where it was when the last connection lasted less than STABLE seconds (a server that
+        accepts, then closes at once, is not hammered); a refusal about this client (4xx but 408 and 429:
+        a bad name, a token no longer valid) ends the client."""
+        if time.monotonic() - self._connected_at >= STABLE:
+            self._backoff = BACKOFF_FIRST
+        while not self._leaving.wait(self._backoff):
+            self._backoff = min(BACKOFF_MAX, self._backoff * 2)
             ws = WSConnection(ConnectionType.CLIENT)
             previous, self._ws = self._ws, ws
+            self._text = []  # a message the lost connection cut in the middle is gone with it
             try:
                 sock = self._handshake(self._token, self._timeout)
-            except (ConnectionFailed, HTTPError, OSError):
+            except HTTPError as exc:
                 self._ws = previous
-                wait = min(BACKOFF_MAX, wait * 2)
+                if 400 <= exc.status < 500 and exc.status not in (408, 429):
+                    self.close_code, self.close_reason = CONNECTION_LOST, str(exc)
+                    return False
                 continue
-            if self._leaving.is_set():  # close() was called while we were connecting
-                sock.close()
-                return False
+            except (ConnectionFailed, OSError):
+                self._ws = previous
+                continue
             with self._lock:
+                if self._leaving.is_set():  # close() was called while we were connecting
+                    sock.close()
+                    self._ws = previous
+                    return False
                 old, self._sock = self._sock, sock
                 self.close_code, self.close_reason = None, ""
             old.close()
+            self._connected_at = time.monotonic()
             self.reconnections += 1
             self._frames.put({"type": "reconnected", "room": self.room, "code": code})
             return True
