@@ -147,5 +147,10 @@ def unacknowledged(fd: int) -> int:
 
     try:
         return struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
-    except OSError:
+    except (OSError, AttributeError):  # AttributeError: no TIOCOUTQ on this system
         return -1
+
+
+#: Bytes a client must take in every SEND_TIMEOUT while it is behind: a client that reads a trickle (a
+#: slowloris reader) is cut like one that reads nothing.
+MIN_PROGRESS = 64 * 1024

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import socket
+import struct
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -24,7 +26,7 @@ from flask import Response, request
 from werkzeug.http import dump_options_header, http_date, parse_date
 from werkzeug.security import safe_join
 
-from .concurrency import unacknowledged, wait_writable
+from .concurrency import MIN_PROGRESS, unacknowledged, wait_writable
 from .errors import ApiError, StreamAborted, error_response
 from .runtime import StreamRuntime, get_runtime
 from .streaming import ClientDisconnected, StreamBody, StreamingResponse
@@ -72,31 +74,38 @@ class FileBody(StreamBody):
 
     def _sendfile(self, offset: int, end: int) -> None:
         out = self._sendfile_socket.fileno()  # type: ignore[union-attr]
-        stalled_since = 0.0
-        queued = -1
+        # SEND_TIMEOUT counts time without enough progress: from the moment the socket takes no more, the
+        # client must take MIN_PROGRESS bytes (acknowledged, or taken by the socket when that is unknown)
+        # in every SEND_TIMEOUT. Not "the socket did not become writable": with a send buffer of megabytes
+        # that takes a slow client, still reading, longer than SEND_TIMEOUT.
+        behind_since = 0.0
+        queued = sent_since = 0
         while offset < end:
             self.check_shutdown()
             try:
                 sent = os.sendfile(out, self._fd, offset, min(end - offset, SENDFILE_MAX))
             except BlockingIOError:
-                # Wait in short slices so that a shutdown is noticed while a slow client holds us up. A
-                # stall is no *progress*: the socket takes nothing more and the bytes waiting in it do not
-                # go down. (Not "the socket did not become writable": with a send buffer of megabytes that
-                # takes a slow client, still reading, longer than SEND_TIMEOUT, and it would be cut.)
                 now = time.monotonic()
-                waiting = unacknowledged(out)
-                if waiting != queued or not stalled_since:
-                    queued, stalled_since = waiting, now
-                elif now - stalled_since > self._send_timeout:
-                    raise StreamAborted(f"the client read nothing for {self._send_timeout:g} s") from None
-                if wait_writable(out, SHUTDOWN_CHECK_INTERVAL):
-                    stalled_since = 0.0
+                if not behind_since:
+                    behind_since, queued, sent_since = now, unacknowledged(out), 0
+                elif now - behind_since > self._send_timeout:
+                    waiting = unacknowledged(out)
+                    taken = queued + sent_since - waiting if queued >= 0 and waiting >= 0 else sent_since
+                    if taken < MIN_PROGRESS:
+                        # Reset, not close: a closed socket would go on sending its megabytes of buffer to
+                        # the trickling client, from kernel memory, for minutes.
+                        self._sendfile_socket.setsockopt(  # type: ignore[union-attr]
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        raise StreamAborted(f"the client took {max(taken, 0)} bytes in {self._send_timeout:g} s") \
+                            from None
+                    behind_since, queued, sent_since = now, waiting, 0
+                wait_writable(out, SHUTDOWN_CHECK_INTERVAL)  # in slices: a shutdown is noticed meanwhile
                 continue
             except (BrokenPipeError, ConnectionResetError) as exc:
                 raise ClientDisconnected from exc
             if sent == 0:
                 raise StreamAborted("the file shrank while it was being sent")
-            stalled_since = 0.0  # progress: the socket took more
+            sent_since += sent
             offset += sent
             self.bytes_sent += sent
 

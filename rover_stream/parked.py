@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.http import http_date
 
-from .concurrency import gevent_active, on_peer_close, unacknowledged
+from .concurrency import MIN_PROGRESS, gevent_active, on_peer_close, unacknowledged
 from .pipe import FeedEnded
 from .wire.sse import HEARTBEAT
 
@@ -75,7 +75,8 @@ class ParkedStream:
     """One parked connection: its descriptor, what is waiting to be written, and its subscription."""
 
     __slots__ = ("lot", "body", "subscription", "fd", "unsent", "dirty", "probes", "last_write",
-                 "blocked_since", "queued", "write_watcher", "stop_read_watch", "closed", "__weakref__")
+                 "blocked_since", "queued", "progressed", "write_watcher", "stop_read_watch", "closed",
+                 "__weakref__")
 
     def __init__(self, lot: ParkingLot, body: Any, sock: Any, head: bytes, watch_eof: bool = True) -> None:
         self.lot = lot
@@ -89,6 +90,7 @@ class ParkedStream:
         self.last_write = time.monotonic()
         self.blocked_since = 0.0
         self.queued = -1  # bytes the client had not acknowledged at blocked_since
+        self.progressed = 0  # bytes the socket took since blocked_since
         self.write_watcher: Any = None
         self.closed = False
         # Watch our own descriptor: gunicorn closes its socket (and that fd number is soon reused).
@@ -137,11 +139,15 @@ class ParkedStream:
     def heartbeat(self, now: float, interval: float, send_timeout: float) -> None:
         if self.unsent:
             if now - self.blocked_since > send_timeout:
-                # The socket has not taken more for that long; but if the client acknowledged some of
-                # what the socket holds, it is reading (slowly, through a big buffer): not stalled.
+                # Behind for that long: a client that still took MIN_PROGRESS bytes (acknowledged, which
+                # a big send buffer hides from the writer) is reading, slowly; one that took less is not.
                 waiting = unacknowledged(self.fd)
-                if 0 <= waiting < self.queued:
-                    self.blocked_since, self.queued = now, waiting
+                if self.queued >= 0 and waiting >= 0:
+                    taken = self.queued + self.progressed - waiting
+                else:
+                    taken = self.progressed
+                if taken >= MIN_PROGRESS:
+                    self.blocked_since, self.queued, self.progressed = now, waiting, 0
                     return
                 log.info("parked stream made no progress for %g s; closing it", send_timeout)
                 self.close("slow_client")
@@ -162,9 +168,10 @@ class ParkedStream:
         if written == len(data):
             self.unsent = b""
             return True
-        if written or not self.unsent:
-            self.blocked_since = now  # SEND_TIMEOUT counts time without progress, not time behind
-            self.queued = unacknowledged(self.fd)
+        if not self.unsent:  # just fell behind: SEND_TIMEOUT counts from here (see heartbeat)
+            self.blocked_since, self.queued, self.progressed = now, unacknowledged(self.fd), 0
+        else:
+            self.progressed += written
         self.unsent = data[written:]
         self._watch_writable()
         return False

@@ -496,3 +496,36 @@ def test_a_slow_client_that_keeps_reading_is_not_taken_for_a_stalled_one(live_se
         assert len(body) == size, f"cut after {len(body)} of {size} bytes, {time.monotonic() - started:.1f} s in: {server.log()[-1500:]}"
     finally:
         sock.close()
+
+
+def test_a_client_that_reads_a_trickle_is_cut_like_one_that_reads_nothing(live_server: Any) -> None:
+    """A slowloris reader: it takes a kilobyte every quarter of a second, enough to show progress, far
+    from the MIN_PROGRESS (64 KiB) a client behind must take in every SEND_TIMEOUT (1 s here). The
+    download is cut within a few seconds instead of holding its slot for as long as the client likes, and
+    with a reset: a plain close would leave the kernel feeding it megabytes of buffer for minutes."""
+    server = live_server(app="wsgi:app", env={"ROVER_SEND_TIMEOUT": "1", "ROVER_METRICS_INTERVAL": "0"})
+    warm = request(server.port, "/large-file", {"Range": "bytes=0-0"}, timeout=30)  # generated on first use
+    warm.close()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sock.connect(("127.0.0.1", server.port))
+    try:
+        sock.sendall(b"GET /large-file HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        sock.settimeout(5)
+        started, received, cut_after = time.monotonic(), 0, None
+        while time.monotonic() - started < 20:
+            try:
+                chunk = sock.recv(1024)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                cut_after = time.monotonic() - started
+                break
+            received += len(chunk)
+            time.sleep(0.25)
+        assert cut_after is not None, f"still served after 20 s ({received} bytes taken): {server.log()[-2000:]}"
+        assert received < 32 * 1024 * 1024
+        assert "the client took" in server.log()
+        print(f"a 4 KB/s reader was cut after {cut_after:.1f} s")
+    finally:
+        sock.close()
