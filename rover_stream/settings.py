@@ -218,7 +218,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Bytes per read when a file is streamed without sendfile (non-gunicorn servers, TLS).",
             "an integer number of bytes from 512 to 16777216"),
     Setting("SEND_TIMEOUT", _seconds(), 60.0,
-            "Seconds a file download may make no progress (client not reading) before it is abandoned.",
+            "Seconds in which a client that is behind (a download, a stream) must take at least 64 KiB; one "
+            "that reads nothing or a trickle is cut.",
             "a number of seconds > 0"),
     # Hub
     Setting("HISTORY_SIZE", _integer(0, 10_000_000), 1000,
