@@ -293,6 +293,7 @@ class RedisEngine:
                 continue
             if not self._reader_up:
                 log.info("Redis reader connected")
+                self._retry_now.clear()  # a publish may have set it while this read blocked: not for the next outage
             self._reader_up = self.connected = True
             backoff = BACKOFF_FIRST
             for name, entries in result or ():
@@ -315,10 +316,10 @@ class RedisEngine:
                 if last is not None and number > last + 1:
                     self._deliver(channel, messages)
                     messages = []
+                    ended = self.hub.lost_history(channel, number - last - 1)
                     log.warning("Redis reader: %d events of channel %s were trimmed from its history before "
                                 "this worker read them; ending its %d local subscribers so that they resume "
-                                "from the history", number - last - 1, channel,
-                                self.hub.lost_history(channel, number - last - 1))
+                                "from the history", number - last - 1, channel, ended)
                 last = number
             messages.append(self._message(channel, stream_id, fields[b"b"], fields[b"d"], fields.get(b"e", b"")))
         if last is not None:
