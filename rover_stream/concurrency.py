@@ -151,6 +151,16 @@ def unacknowledged(fd: int) -> int:
         return -1
 
 
+def bytes_taken(fd: int, queued: int, written: int) -> tuple[int, int]:
+    """What the client of socket ``fd`` took since :func:`unacknowledged` said ``queued`` and ``written``
+    more bytes were written to the socket (what it acknowledged; ``written`` when that is unknown), and
+    the bytes unacknowledged now."""
+    waiting = unacknowledged(fd)
+    if queued >= 0 and waiting >= 0:
+        return queued + written - waiting, waiting
+    return written, waiting
+
+
 #: Bytes a client must take in every SEND_TIMEOUT while it is behind: a client that reads a trickle (a
 #: slowloris reader) is cut like one that reads nothing.
 MIN_PROGRESS = 64 * 1024

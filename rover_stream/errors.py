@@ -7,7 +7,6 @@ stable snake_case name clients may switch on and ``message`` is a sentence for p
 from __future__ import annotations
 
 import errno
-
 from typing import Any
 
 from flask import Flask, Response, jsonify

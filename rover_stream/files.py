@@ -26,7 +26,7 @@ from flask import Response, request
 from werkzeug.http import dump_options_header, http_date, parse_date
 from werkzeug.security import safe_join
 
-from .concurrency import MIN_PROGRESS, unacknowledged, wait_writable
+from .concurrency import MIN_PROGRESS, bytes_taken, unacknowledged, wait_writable
 from .errors import ApiError, StreamAborted, error_response
 from .runtime import StreamRuntime, get_runtime
 from .streaming import ClientDisconnected, StreamBody, StreamingResponse
@@ -89,8 +89,7 @@ class FileBody(StreamBody):
                 if not behind_since:
                     behind_since, queued, sent_since = now, unacknowledged(out), 0
                 elif now - behind_since > self._send_timeout:
-                    waiting = unacknowledged(out)
-                    taken = queued + sent_since - waiting if queued >= 0 and waiting >= 0 else sent_since
+                    taken, waiting = bytes_taken(out, queued, sent_since)
                     if taken < MIN_PROGRESS:
                         # Reset, not close: a closed socket would go on sending its megabytes of buffer to
                         # the trickling client, from kernel memory, for minutes.

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.http import http_date
 
-from .concurrency import MIN_PROGRESS, gevent_active, on_peer_close, unacknowledged
+from .concurrency import MIN_PROGRESS, bytes_taken, gevent_active, on_peer_close, unacknowledged
 from .pipe import FeedEnded
 from .wire.sse import HEARTBEAT
 
@@ -141,11 +141,7 @@ class ParkedStream:
             if now - self.blocked_since > send_timeout:
                 # Behind for that long: a client that still took MIN_PROGRESS bytes (acknowledged, which
                 # a big send buffer hides from the writer) is reading, slowly; one that took less is not.
-                waiting = unacknowledged(self.fd)
-                if self.queued >= 0 and waiting >= 0:
-                    taken = self.queued + self.progressed - waiting
-                else:
-                    taken = self.progressed
+                taken, waiting = bytes_taken(self.fd, self.queued, self.progressed)
                 if taken >= MIN_PROGRESS:
                     self.blocked_since, self.queued, self.progressed = now, waiting, 0
                     return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -109,7 +110,7 @@ class LiveServer:
                     if self.netns is None:
                         socket.create_connection((self.host, port), timeout=1).close()
                     else:
-                        self.netns.call(lambda: socket.create_connection((self.host, port), timeout=1).close())
+                        self.netns.call(functools.partial(_probe, (self.host, port)))
                     return port
                 except OSError:
                     pass
@@ -135,6 +136,10 @@ class LiveServer:
                 self.proc.wait()
         self._log.close()
         return time.monotonic() - start
+
+
+def _probe(address: tuple[str, int]) -> None:
+    socket.create_connection(address, timeout=1).close()
 
 
 @contextlib.contextmanager

@@ -90,7 +90,8 @@ def test_a_wildcard_lets_anyone_read_without_credentials(tmp_path: Any) -> None:
 
 
 def test_by_default_no_other_site_may_read(tmp_path: Any) -> None:
-    client = rs.create_app({"TESTING": True, "ROVER_METRICS_INTERVAL": 0, "ROVER_DATA_DIR": str(tmp_path)}).test_client()
+    app = rs.create_app({"TESTING": True, "ROVER_METRICS_INTERVAL": 0, "ROVER_DATA_DIR": str(tmp_path)})
+    client = app.test_client()
     assert "Access-Control-Allow-Origin" not in client.get("/health", headers={"Origin": GOOD}).headers
     preflight = client.options("/health", headers={"Origin": GOOD, "Access-Control-Request-Method": "GET"})
     assert preflight.status_code == 403

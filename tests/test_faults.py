@@ -418,8 +418,8 @@ def test_downloads_and_exports_whose_client_stops_reading_are_cut_and_others_go_
         warm = request(server.port, path, timeout=30)
         try:
             warm.body(timeout=30)
-        except ConnectionError:
-            raise AssertionError(server.log()[-3000:])
+        except ConnectionError as exc:
+            raise AssertionError(server.log()[-3000:]) from exc
         warm.close()
     before = rss()
     stalled = []
@@ -493,7 +493,8 @@ def test_a_slow_client_that_keeps_reading_is_not_taken_for_a_stalled_one(live_se
             time.sleep(0.1)
         head, _, body = bytes(data).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 206"), head
-        assert len(body) == size, f"cut after {len(body)} of {size} bytes, {time.monotonic() - started:.1f} s in: {server.log()[-1500:]}"
+        took = time.monotonic() - started
+        assert len(body) == size, f"cut after {len(body)} of {size} bytes, {took:.1f} s in: {server.log()[-1500:]}"
     finally:
         sock.close()
 

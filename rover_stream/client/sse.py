@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from ..wire.sse_parser import EventStreamParser, ParsedEvent
+from ..wire.sse_parser import EventStreamParser
 from .errors import ConnectionFailed, NotAnEventStream, StreamClosed
 from .transport import CONNECT_TIMEOUT, NETWORK_ERRORS, Exchange, open_request
 

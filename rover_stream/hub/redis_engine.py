@@ -19,8 +19,9 @@ entries trimmed from the stream before this worker read them (its reader was awa
 than the history lasts). The channel's local subscribers are then ended with reason ``history_gap``: they
 reconnect with their ``Last-Event-ID`` and get an ``event: reset`` and what the history still holds,
 instead of a silent hole. A reader that lost Redis is woken as soon as a publish gets through again, so it
-resumes within milliseconds of Redis's return, long before the history could be overrun. Subscriber counts, for the publish answer, live in a hash per channel,
-``<prefix>subs:<channel>``, one field per worker (``count:expires_ms``), refreshed by each worker.
+resumes within milliseconds of Redis's return, long before the history could be overrun. Subscriber
+counts, for the publish answer, live in a hash per channel, ``<prefix>subs:<channel>``, one field per
+worker (``count:expires_ms``), refreshed by each worker.
 """
 
 from __future__ import annotations
@@ -60,19 +61,13 @@ REFRESH_EVERY = 1.0
 
 #: Publishing: number the event and append it in one step; every REFRESH_EVERY also renew the expiry of the
 #: stream and its counter (together, so that they expire together) and read the subscriber counts.
-#: KEYS: stream, counter, subscriber counts. ARGV: maxlen, exact ("1": exact trim), ttl (0: no refresh),
-#: body, data, event.
+#: KEYS: stream, counter, subscriber counts. ARGV: maxlen (approximate), ttl (0: no refresh), body, data, event.
 PUBLISH_SCRIPT = """
 local n = redis.call('INCR', KEYS[2])
-local id
-if ARGV[2] == '1' then
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'b', ARGV[4], 'd', ARGV[5], 'e', ARGV[6], 'n', n)
-else
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'b', ARGV[4], 'd', ARGV[5], 'e', ARGV[6], 'n', n)
-end
-if ARGV[3] ~= '0' then
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'b', ARGV[3], 'd', ARGV[4], 'e', ARGV[5], 'n', n)
+if ARGV[2] ~= '0' then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
   return {id, redis.call('HGETALL', KEYS[3])}
 end
 return {id}
@@ -165,7 +160,7 @@ class RedisEngine:
         try:
             answer = self._publish_script(
                 keys=[self._key(channel), f"{self.prefix}seq:{channel}", f"{self.prefix}subs:{channel}"],
-                args=[keep, 0, ttl, body, data_json, event or ""])
+                args=[keep, ttl, body, data_json, event or ""])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unavailable(exc) from None
         self.connected = True
@@ -174,7 +169,7 @@ class RedisEngine:
         if refresh:
             self._refreshed[channel] = now
             flat = answer[1]
-            self._subscribers[channel] = _sum_counts(dict(zip(flat[::2], flat[1::2])))
+            self._subscribers[channel] = _sum_counts(dict(zip(flat[::2], flat[1::2], strict=True)))
         message = self._message(channel, answer[0], body, data_json.encode(), (event or "").encode())
         return message, self._subscribers.get(channel, 0)
 
