@@ -1,10 +1,12 @@
 """rover_stream: synchronous-first streaming for Flask on gunicorn + gevent.
 
-Route authors write plain ``def`` views that return streaming responses::
+Route authors write plain ``def`` views that return streaming responses, in their own Flask app::
 
-    from rover_stream import create_app, sse_response, Event
+    from flask import Flask
+    from rover_stream import Event, RoverStream, sse_response
 
-    app = create_app()
+    app = Flask(__name__)
+    streams = RoverStream(app, url_prefix="/rt")   # the hub API, rooms and /rt/health under /rt
 
     @app.get("/ticks")
     def ticks():
@@ -14,14 +16,21 @@ Route authors write plain ``def`` views that return streaming responses::
                 time.sleep(1)
         return sse_response(events())
 
+``create_app()`` is the same in one line, for an app that is all rover_stream. Serve either with
+``rover-stream serve --app module:app`` (gunicorn with gevent workers).
+
 The public API is re-exported here; the modules are: ``wire`` (pure encoders), ``pipe`` (producer/socket
-hand-off), ``streaming``/``sse``/``files`` (responses), ``runtime`` (stream cap, shutdown), ``settings``.
+hand-off), ``streaming``/``sse``/``files`` (responses), ``runtime`` (stream cap, shutdown), ``settings``,
+``extension`` (:class:`RoverStream`), ``server`` (the gunicorn integration).
 """
 
-from .app import create_app, init_app
+__version__ = "0.1.0.dev0"
+
+from .app import create_app
 from .auth import mint_token, require, require_admin
 from .concurrency import run_blocking
 from .errors import ApiError, ConfigError, EncodeError, RoverStreamError, ServiceUnavailable, StreamAborted
+from .extension import RoverStream
 from .files import send_file, send_from_directory
 from .hub import Hub, Message, Subscription
 from .limits import check_publish_rate
@@ -35,10 +44,10 @@ from .wire.sse import Event, encode
 from .wire.tabular import FLUSH
 
 __all__ = [
-    "ApiError", "ConfigError", "EncodeError", "Event", "FLUSH", "FeedEnded", "Hub", "METRICS_CHANNEL",
+    "ApiError", "ConfigError", "RoverStream", "EncodeError", "Event", "FLUSH", "FeedEnded", "Hub", "METRICS_CHANNEL",
     "Message", "PipeClosed", "RoverStreamError", "ServiceUnavailable", "StreamAborted", "StreamingResponse",
     "StreamingStats", "StreamingWriter", "Subscription", "add_producer", "check_publish_rate", "create_app",
-    "csv_response", "encode", "get_hub", "get_runtime", "init_app", "last_event_id", "mint_token",
+    "csv_response", "encode", "get_hub", "get_runtime", "last_event_id", "mint_token",
     "ndjson_response", "publish", "require", "require_admin", "run_blocking", "send_file",
     "send_from_directory", "sse_response", "streaming_stats",
 ]

@@ -26,7 +26,7 @@ from .limits import check_publish_rate
 from .runtime import get_runtime
 from .sse import last_event_id, sse_response
 
-api = Blueprint("rover_stream_api", __name__)
+api = Blueprint("api", __name__)
 
 BROADCAST_FIELDS = frozenset(("channel", "event", "data"))
 SEED_FIELDS = frozenset(("message", "timestamp"))

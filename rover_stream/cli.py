@@ -10,6 +10,7 @@ has examples. The client commands use rover_stream.client, the library.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from . import __version__
 from . import settings as settings_module
 from .client import (
     DEFAULT_URL,
@@ -37,9 +39,13 @@ from .client.sse import describe
 from .client.terminal import ProgressBar, Prompt, human_bytes, printable
 from .client.transport import bearer
 from .errors import ConfigError
+from .server.checks import split_hub_problem
 
-#: The source checkout: gunicorn.conf.py and wsgi.py live at its top (install with `pip install -e .`).
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: The gunicorn configuration inside the package (``gunicorn -c python:...``): no checkout needed.
+SERVER_CONFIG = "python:rover_stream.server.config"
+#: What ``serve`` runs: Mission Control while ROVER_DEMO is on and the demo is installed, else the server
+#: alone. Named, not imported: gunicorn imports the app in its workers.
+DEMO_APP, SERVER_APP = "rover_stream.demo.wsgi:app", "rover_stream.server.wsgi:app"
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -62,18 +68,34 @@ def _serve(args: argparse.Namespace, extra: list[str]) -> int:
         if value is not None and name in settings_module.BY_NAME:
             os.environ[settings_module.PREFIX + name] = str(value)
     try:
-        settings_module.load()
+        settings = settings_module.load()
     except ConfigError as exc:
         print(f"rover-stream: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    config = Path(args.config) if args.config else PROJECT_ROOT / "gunicorn.conf.py"
-    if not config.is_file():
-        print(f"rover-stream: no gunicorn config at {config}; run from a source checkout installed with "
-              "'pip install -e .', or pass --config.", file=sys.stderr)
+    problem = split_hub_problem(settings["WORKERS"], settings["REDIS_URL"])
+    if problem:
+        print(f"rover-stream: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    argv = [sys.executable, "-m", "gunicorn", "-c", str(config), "--chdir", str(PROJECT_ROOT), *extra, args.app]
+    config = SERVER_CONFIG
+    if args.config:
+        if not Path(args.config).is_file():
+            print(f"rover-stream: no gunicorn config at {args.config}.", file=sys.stderr)
+            return EXIT_USAGE
+        config = args.config
+    app = args.app or _default_app(settings["DEMO"])
+    argv = [sys.executable, "-m", "gunicorn", "-c", config, *extra, app]
     os.execv(sys.executable, argv)
     return EXIT_FAILURE  # not reached
+
+
+def _default_app(demo: bool) -> str:
+    if not demo:
+        return SERVER_APP
+    if importlib.util.find_spec("rover_stream.demo") is None:
+        print("rover-stream: the Mission Control demo is not installed; serving the server alone.",
+              file=sys.stderr)
+        return SERVER_APP
+    return DEMO_APP
 
 
 def _token(args: argparse.Namespace, extra: list[str]) -> int:
@@ -359,6 +381,7 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rover-stream", description=__doc__, epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str, description: str, handler: Any,
@@ -371,15 +394,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = command(
         "serve", "run the server under gunicorn with gevent workers",
-        "Run gunicorn with gunicorn.conf.py (settings from ROVER_* variables; see docs/settings.md).\n"
-        "Arguments after '--' go to gunicorn unchanged.", _serve,
-        "  rover-stream serve --bind 127.0.0.1:8000 --workers 4 --redis-url redis://127.0.0.1:6379/0")
+        "Run gunicorn with gevent workers and rover_stream's configuration (settings from ROVER_* variables,\n"
+        "or HOST/PORT, WEB_CONCURRENCY and LOG_LEVEL; see docs/settings.md), from any folder. It serves\n"
+        "Mission Control unless ROVER_DEMO=false, or the app given with --app. Generated files go to\n"
+        "ROVER_DATA_DIR. More than one worker needs --redis-url. Arguments after '--' go to gunicorn.",
+        _serve,
+        "  rover-stream serve --bind 127.0.0.1:8000 --workers 4 --redis-url redis://127.0.0.1:6379/0\n"
+        "  PORT=8080 rover-stream serve\n"
+        "  rover-stream serve --app myapp:app          # your Flask app with RoverStream(app)")
     serve.add_argument("--bind", "-b", help="address to listen on (ROVER_BIND, default 127.0.0.1:8000)")
     serve.add_argument("--workers", "-w", type=int, help="worker processes (ROVER_WORKERS, default 1)")
     serve.add_argument("--redis-url", metavar="URL",
                        help="Redis for the hub, needed by several workers or hosts (ROVER_REDIS_URL)")
-    serve.add_argument("--config", "-c", help="gunicorn config file (default: the checkout's gunicorn.conf.py)")
-    serve.add_argument("--app", default="wsgi:app", help="WSGI app to serve (default wsgi:app)")
+    serve.add_argument("--config", "-c", help="a gunicorn config file of your own (default: the package's, "
+                                              f"{SERVER_CONFIG})")
+    serve.add_argument("--app", help=f"the WSGI app, module:name, imported from the working folder (default: "
+                                     f"{DEMO_APP}; {SERVER_APP} with ROVER_DEMO=false)")
 
     token = command(
         "token", "mint an access token (JWT) for channels and rooms",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, request
+from flask import Blueprint, Flask, current_app, request
 
 from .errors import error_response
 
@@ -32,14 +32,16 @@ EXPOSED_HEADERS = ("Content-Disposition, Content-Range, Accept-Ranges, ETag, Ret
 PREFLIGHT_MAX_AGE = "600"
 
 
-def init_cors(app: Flask, origins: tuple[str, ...]) -> None:
+def init_cors(scope: Flask | Blueprint, origins: tuple[str, ...]) -> None:
+    """CORS for the requests of ``scope``: an app, or a blueprint's routes (the host app's own routes and
+    its own CORS are then left alone)."""
     listed = frozenset(origins)
     anyone = "*" in listed
 
     def allowed(origin: str) -> bool:
         return anyone or origin in listed
 
-    @app.before_request
+    @scope.before_request
     def _preflight() -> Any:
         if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
             return None
@@ -54,7 +56,7 @@ def init_cors(app: Flask, origins: tuple[str, ...]) -> None:
         if refused:
             return error_response(403, "header_not_allowed",
                                   f"These request headers are not allowed here: {', '.join(refused)}.")
-        response = app.response_class(status=204)
+        response = current_app.response_class(status=204)
         response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
         if asked:
             response.headers["Access-Control-Allow-Headers"] = ", ".join(asked)
@@ -64,7 +66,7 @@ def init_cors(app: Flask, origins: tuple[str, ...]) -> None:
     if not listed:
         return  # nobody may: responses do not depend on Origin (and the common case costs nothing)
 
-    @app.after_request
+    @scope.after_request
     def _allow(response: Any) -> Any:
         response.headers.add("Vary", "Origin")  # caches must not hand one origin's answer to another
         origin = request.headers.get("Origin")

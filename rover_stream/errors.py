@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Blueprint, Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
 
@@ -88,23 +88,24 @@ def _http_code(exc: HTTPException) -> str:
     return (exc.name or "error").lower().replace(" ", "_").replace("'", "")
 
 
-def register_error_handlers(app: Flask) -> None:
-    """Answer every error, ours and Werkzeug's, with the JSON shape above."""
+def register_error_handlers(scope: Flask | Blueprint) -> None:
+    """Answer every error of ``scope`` (an app, or a blueprint's routes), ours and Werkzeug's, with the
+    JSON shape above."""
 
-    @app.errorhandler(ApiError)
+    @scope.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Any:
         return exc.to_response()
 
-    @app.errorhandler(OSError)
+    @scope.errorhandler(OSError)
     def _os_error(exc: OSError) -> Any:
         if exc.errno in DISK_FULL:
-            app.logger.error("disk full while answering a request: %s", exc)
+            current_app.logger.error("disk full while answering a request: %s", exc)
             return InsufficientStorage("The server's disk is full: it could not write what this request "
                                        "needs. Nothing was changed; try again later.").to_response()
-        app.logger.exception("unexpected error")
+        current_app.logger.exception("unexpected error")
         return error_response(500, "internal_server_error", "The server met an unexpected error.")
 
-    @app.errorhandler(HTTPException)
+    @scope.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:
         status = exc.code or 500
         response = error_response(status, _http_code(exc), exc.description or exc.name or "Error")

@@ -6,7 +6,7 @@
 * ``rover_stream.streams`` logs ``stream open``, ``stream close`` (reason, duration, bytes), ``stream
   refused`` and ``stream drop`` (a slow client let go) at INFO. Paths are logged without their query
   string (tokens may travel in ``?token=``); headers are never logged.
-* :func:`configure_logging` (called by gunicorn.conf.py in each worker) sends the ``rover_stream`` loggers
+* :func:`configure_logging` (called by the gunicorn configuration in each worker) sends the ``rover_stream`` loggers
   to stderr, as ``LOG_FORMAT`` says: ``plain`` (``2026-11-21 12:00:00 [pid] INFO rover_stream.streams:
   stream close kind=sse reason=disconnect ...``) or ``json`` (one object per line with every field).
 """
@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from flask import Flask, Response, g, has_request_context, request
+from flask import Response, g, has_request_context, request
 
 from . import signals
 
@@ -43,7 +43,8 @@ def request_id() -> str | None:
     return rid  # type: ignore[no-any-return]
 
 
-def _send_request_id(response: Response) -> Response:
+def send_request_id(response: Response) -> Response:
+    """``after_request``: the request's id in the response's ``X-Request-ID``."""
     rid = request_id()
     if rid:
         response.headers[REQUEST_ID_HEADER] = rid
@@ -92,9 +93,8 @@ _RECEIVERS = ((signals.stream_opened, _on_opened), (signals.stream_closed, _on_c
               (signals.stream_rejected, _on_rejected), (signals.subscriber_dropped, _on_dropped))
 
 
-def init_logging(app: Flask) -> None:
-    """Request ids for ``app``, and the stream log lines (connected once per process)."""
-    app.after_request(_send_request_id)
+def init_logging() -> None:
+    """The stream log lines (connected once per process)."""
     for signal, receiver in _RECEIVERS:
         signal.connect(receiver, weak=False)  # connecting the same function twice is a no-op
 

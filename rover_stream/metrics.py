@@ -1,11 +1,11 @@
 """Observability: Prometheus metrics (correct with several gunicorn workers) and ``streaming_stats()``.
 
-The figures are kept with the official ``prometheus_client``. Under gunicorn, ``gunicorn.conf.py`` points
-``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before any worker starts: every worker then writes its
-values to memory-mapped files there, and whichever worker answers ``GET /metrics`` or
-``/admin/stream-stats`` reads them all (``MultiProcessCollector``): counters summed over every worker that
-ever ran (a restarted worker's counts are kept), gauges over the live ones (``mark_process_dead`` in
-``child_exit``), open streams also per worker (``pid`` label).
+The figures are kept with the official ``prometheus_client``. Under gunicorn, the server configuration
+(:mod:`rover_stream.server.config`) points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before any
+worker starts: every worker then writes its values to memory-mapped files there, and whichever worker
+answers ``GET /metrics`` or ``/admin/stream-stats`` reads them all (``MultiProcessCollector``): counters
+summed over every worker that ever ran (a restarted worker's counts are kept), gauges over the live ones
+(``mark_process_dead`` in ``child_exit``), open streams also per worker (``pid`` label).
 
 Where the figures come from:
 

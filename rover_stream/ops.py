@@ -18,7 +18,7 @@ from .metrics import METRICS_CHANNEL, exposition
 from .runtime import get_runtime, streaming_stats
 from .sse import last_event_id, sse_response
 
-ops = Blueprint("rover_stream_ops", __name__)
+ops = Blueprint("ops", __name__)
 
 
 def _secret() -> str | None:

@@ -68,7 +68,7 @@ CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_LATER = 1
 _TRY_LATER = {"slow_client": "too slow: messages were piling up",
               "history_gap": "this server fell behind the room's history: rejoin"}
 
-rooms_api = Blueprint("rover_stream_rooms", __name__)
+rooms_api = Blueprint("rooms", __name__)
 
 
 def room_channel(room: str) -> str:
@@ -596,10 +596,10 @@ def _linger(fd: int, seconds: float) -> None:
         sock.close()
 
 
-@rooms_api.before_app_request
+@rooms_api.before_request
 def _check_websocket_request() -> Any:
     """Origin, user name, private-room token and room size, checked before the upgrade (HTTP errors)."""
-    if not request.path.startswith("/ws/comms/") or request.url_rule is None:
+    if request.endpoint is None or not request.endpoint.endswith("." + comms.__name__):
         return None
     settings = get_runtime().settings
     room = (request.view_args or {}).get("team_channel", "")
@@ -639,15 +639,17 @@ def room_info(room: str) -> Any:
     return jsonify(room=room, members=members, count=len(members))
 
 
-def init_rooms(app: Flask) -> None:
-    settings = get_runtime(app).settings
+# flask-sock only adds the route: the blueprint carries it wherever the extension mounts it.
+Sock().route("/ws/comms/<team_channel>", bp=rooms_api)(comms)
+
+
+def init_rooms(app: Flask, runtime: StreamRuntime) -> None:
+    """Room presence for ``app`` (shared through Redis when the hub is), and flask-sock's options."""
+    settings = runtime.settings
     app.config.setdefault("SOCK_SERVER_OPTIONS", {
         # Pings are sent by the parking lot's writer (ParkedMember.heartbeat), not by simple-websocket.
         "max_message_size": settings["WS_MAX_MESSAGE_BYTES"],
         "thread_class": InlineThread,
     })
-    engine = get_runtime(app).hub.engine
+    engine = runtime.hub.engine
     app.extensions["rover_stream_presence"] = RedisPresence(engine) if engine.name == "redis" else Presence()
-    sock = Sock(app)
-    sock.route("/ws/comms/<team_channel>")(comms)
-    app.register_blueprint(rooms_api)

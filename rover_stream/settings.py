@@ -1,12 +1,14 @@
 """Every setting of rover_stream, declared once.
 
 Each :class:`Setting` carries its name, how to parse it, its default, what values are allowed and a help
-text. Values come, in order of precedence, from the ``config`` mapping given to
-:func:`rover_stream.create_app`, the Flask config passed there, the environment (``ROVER_<NAME>``), and the
-default. :func:`load` validates them all at start-up and raises :class:`~rover_stream.errors.ConfigError`
-naming the setting, the bad value and what is allowed. ``gunicorn.conf.py`` reads the same declarations, so
-the server and the app can never disagree, and ``docs/settings.md`` is generated from them
-(``python -m rover_stream.settings``; a test keeps it current).
+text. Values come, in order of precedence, from the ``config`` mapping given to :class:`RoverStream` (or
+:func:`rover_stream.create_app`), the Flask app's config, the environment (``ROVER_<NAME>``), the hosting
+platforms' conventional variables for a few (``HOST``/``PORT``, ``WEB_CONCURRENCY``, ``LOG_LEVEL``), and
+the default. :func:`load` validates them all at start-up and raises
+:class:`~rover_stream.errors.ConfigError` naming the setting, the bad value and what is allowed. The gunicorn
+configuration (:mod:`rover_stream.server.config`) reads the same declarations, so the server and the app can
+never disagree, and ``docs/settings.md`` is generated from them (``python -m rover_stream.settings``; a test
+keeps it current).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 
 PREFIX = "ROVER_"
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,10 @@ class Setting:
     allowed: str
     sensitive: bool = False  # never echoed in errors or logs
     shown_default: str | None = None  # how the docs show the default, when not str(default)
+    #: The value hosting platforms' conventional variables give when ``ROVER_<NAME>`` is unset (PORT...),
+    #: and their names, for the docs and error messages.
+    convention: Callable[[Mapping[str, str]], str | None] | None = None
+    convention_names: str = ""
 
     @property
     def key(self) -> str:
@@ -126,6 +134,37 @@ def _channel(raw: Any) -> str:
     return text
 
 
+def _host_port(environ: Mapping[str, str]) -> str | None:
+    """``HOST:PORT`` from the platform variables (Heroku, Render, Cloud Run set ``PORT``)."""
+    host, port = environ.get("HOST", "").strip(), environ.get("PORT", "").strip()
+    if not host and not port:
+        return None
+    host = host or DEFAULT_HOST
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    return f"{host}:{port or DEFAULT_PORT}"
+
+
+def _variable(name: str) -> Callable[[Mapping[str, str]], str | None]:
+    def read(environ: Mapping[str, str]) -> str | None:
+        return environ.get(name) or None
+
+    return read
+
+
+def user_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the server writes what it generates when ``ROVER_DATA_DIR`` is unset: the user's data folder
+    (``$XDG_DATA_HOME/rover-stream``, else ``~/.local/share/rover-stream``), never the installed package."""
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_DATA_HOME", "").strip()
+    if base and os.path.isabs(base):
+        return Path(base) / "rover-stream"
+    try:
+        return Path.home() / ".local" / "share" / "rover-stream"
+    except RuntimeError:  # no home directory (a bare container user): the working directory
+        return Path.cwd() / "rover-stream-data"
+
+
 def _secret(raw: Any) -> str:
     text = str(raw)
     if len(text) < 32:  # RFC 7518 3.2: an HS256 key at least as long as the hash
@@ -164,12 +203,15 @@ def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
 # -- the declarations ----------------------------------------------------------------------------------------
 
 SETTINGS: tuple[Setting, ...] = (
-    # Server (read by gunicorn.conf.py)
-    Setting("BIND", _bind, "127.0.0.1:8000",
-            "Address gunicorn listens on.", "HOST:PORT, [IPv6]:PORT or unix:/path"),
+    # Server (read by rover_stream.server.config)
+    Setting("BIND", _bind, f"{DEFAULT_HOST}:{DEFAULT_PORT}",
+            "Address gunicorn listens on. Unset: HOST and PORT when either is set (as hosting platforms "
+            f"do; HOST defaults to {DEFAULT_HOST}, PORT to {DEFAULT_PORT}).", "HOST:PORT, [IPv6]:PORT or unix:/path",
+            convention=_host_port, convention_names="HOST, PORT"),
     Setting("WORKERS", _integer(1, 256), 1,
-            "Number of gunicorn worker processes. More than one needs the Redis engine to share events.",
-            "an integer from 1 to 256"),
+            "Number of gunicorn worker processes (unset: WEB_CONCURRENCY). More than one needs the Redis "
+            "engine to share events: the server refuses to start without ROVER_REDIS_URL.",
+            "an integer from 1 to 256", convention=_variable("WEB_CONCURRENCY"), convention_names="WEB_CONCURRENCY"),
     Setting("WORKER_CONNECTIONS", _integer(10, 1_000_000), 1000,
             "Greenlets (simultaneous connections) per gevent worker.", "an integer from 10 to 1000000"),
     Setting("TIMEOUT", _integer(1, 86_400), 30,
@@ -182,7 +224,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds to wait for the next request on a keep-alive connection.",
             "an integer number of seconds from 0 to 3600"),
     Setting("LOG_LEVEL", _choice("debug", "info", "warning", "error", "critical"), "info",
-            "Log level of gunicorn and the app.", "debug, info, warning, error or critical"),
+            "Log level of gunicorn and the app (unset: LOG_LEVEL).", "debug, info, warning, error or critical",
+            convention=_variable("LOG_LEVEL"), convention_names="LOG_LEVEL"),
     Setting("METRICS_INTERVAL", _seconds(exclusive=False), 2.0,
             "Seconds between the server.metrics events each worker publishes (the dashboard's and /metrics' "
             "event stream); 0 turns them off.", "a number of seconds >= 0"),
@@ -285,17 +328,19 @@ SETTINGS: tuple[Setting, ...] = (
             "Messages a member is sent when it joins a room, and what a room's channel keeps for replay "
             "(its join/leave events included).", "an integer from 0 to 10000"),
     # Demo and files
-    Setting("UPLOADS_DIR", _text, "uploads",
-            "Folder served by GET /download/<filename> (relative paths are relative to the working directory).",
-            "a folder path"),
-    Setting("DATA_DIR", _text, "var",
-            "Folder for generated data such as the rover image (relative to the working directory).",
-            "a folder path"),
+    Setting("DATA_DIR", _optional(_text), None,
+            "Writable folder for what the server generates (the demo's rover image, its large file and "
+            "example downloads). Relative paths are relative to the working directory.", "a folder path",
+            shown_default="$XDG_DATA_HOME/rover-stream, else ~/.local/share/rover-stream"),
+    Setting("UPLOADS_DIR", _optional(_text), None,
+            "Folder the demo serves at GET /download/<filename> (relative paths are relative to the working "
+            "directory).", "a folder path", shown_default="DATA_DIR/uploads"),
     Setting("IMAGE_CHUNK_SIZE", _integer(1, 16 * 1024 * 1024), 4096,
             "Bytes per chunk of GET /stream/rover-image, the chunked-generator example.",
             "an integer number of bytes from 1 to 16777216"),
     Setting("DEMO", _boolean, True,
-            "Mount the Cosmic Rover Mission Control demo routes.", "true or false (1/0, yes/no, on/off)"),
+            "Whether the shipped entry points (rover-stream serve, wsgi.py) serve the Cosmic Rover Mission "
+            "Control demo. create_app() and RoverStream never mount it.", "true or false (1/0, yes/no, on/off)"),
 )
 
 BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
@@ -327,6 +372,18 @@ class Settings(Mapping[str, Any]):
         if explicit is not None:
             return int(explicit)
         return max(1, self._values["WORKER_CONNECTIONS"] * 9 // 10)
+
+    @property
+    def data_dir(self) -> Path:
+        """DATA_DIR, resolved: the user's data folder when unset."""
+        explicit = self._values["DATA_DIR"]
+        return Path(explicit).absolute() if explicit is not None else user_data_dir()
+
+    @property
+    def uploads_dir(self) -> Path:
+        """UPLOADS_DIR, resolved: ``uploads`` in the data folder when unset."""
+        explicit = self._values["UPLOADS_DIR"]
+        return Path(explicit).absolute() if explicit is not None else self.data_dir / "uploads"
 
 
 def _parse_one(setting: Setting, raw: Any, source: str) -> Any:
@@ -362,6 +419,8 @@ def load(config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | N
             values[setting.name] = _parse_one(setting, explicit[setting.name], "config")
         elif setting.key in environ:
             values[setting.name] = _parse_one(setting, environ[setting.key], "environment")
+        elif setting.convention is not None and (conventional := setting.convention(environ)) is not None:
+            values[setting.name] = _parse_one(setting, conventional, f"environment: {setting.convention_names}")
         else:
             values[setting.name] = setting.default
     return Settings(values)

@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 
-import rover_stream
-
 ROOT = Path(__file__).resolve().parent.parent
 LIVE_APPS = Path(__file__).resolve().parent / "live_apps"
 
@@ -42,9 +40,12 @@ def need(executable: str) -> str:
 
 @pytest.fixture
 def app(tmp_path: Path) -> Any:
+    """The demo on the full server (its routes are the examples many tests exercise)."""
+    from rover_stream.demo import create_demo_app
+
     uploads = tmp_path / "uploads"
     uploads.mkdir()
-    app = rover_stream.create_app({
+    app = create_demo_app({
         "TESTING": True,
         "ROVER_UPLOADS_DIR": str(uploads),
         "ROVER_DATA_DIR": str(tmp_path / "var"),

@@ -13,16 +13,17 @@ import jwt
 import pytest
 
 import rover_stream as rs
+from rover_stream.demo import create_demo_app
 
 SECRET = "a" * 48
 
 #: endpoint -> (method, path, JSON body or None, what it needs)
 ROUTES: dict[str, tuple[str, str, Any, str]] = {
     "demo.index": ("GET", "/", None, "open"),
-    "rover_stream_ops.stream_stats": ("GET", "/admin/stream-stats", None, "admin"),
+    "rover_stream.ops.stream_stats": ("GET", "/admin/stream-stats", None, "admin"),
     "guide.analytics_stream": ("GET", "/analytics-stream", None, "open"),
-    "rover_stream_api.broadcast": ("POST", "/api/broadcast", {"channel": "news", "data": 1}, "publish:news"),
-    "rover_stream_rooms.room_info": ("GET", "/api/rooms/private-ops", None, "subscribe:private-ops"),
+    "rover_stream.api.broadcast": ("POST", "/api/broadcast", {"channel": "news", "data": 1}, "publish:news"),
+    "rover_stream.rooms.room_info": ("GET", "/api/rooms/private-ops", None, "subscribe:private-ops"),
     "guide.rover_telemetry_recent": ("GET", "/api/rover/telemetry?last=2", None, "open"),
     "guide.send_broadcast": ("POST", "/broadcast", {"message": "hi"}, "publish:broadcast"),
     "guide.broadcast_stream": ("GET", "/broadcast-stream", None, "open"),
@@ -31,7 +32,7 @@ ROUTES: dict[str, tuple[str, str, Any, str]] = {
     "demo.csv_download": ("GET", "/csv?rows=2", None, "open"),
     "demo.download": ("GET", "/download/f.txt", None, "open"),
     "demo.events": ("GET", "/events", None, "open"),
-    "rover_stream_ops.health": ("GET", "/health", None, "open"),
+    "rover_stream.ops.health": ("GET", "/health", None, "open"),
     "guide.health_monitored_stream": ("GET", "/health-monitored-stream", None, "open"),
     "demo.json_stream": ("GET", "/json-stream?rows=2", None, "open"),
     "guide.large_dataset": ("GET", "/large-dataset?total=10", None, "open"),
@@ -39,19 +40,19 @@ ROUTES: dict[str, tuple[str, str, Any, str]] = {
     "guide.live_metrics": ("GET", "/live-metrics", None, "open"),
     "guide.managed_stream": ("GET", "/managed-stream", None, "open"),
     "guide.managed_connections": ("GET", "/managed-stream/connections", None, "admin"),
-    "rover_stream_ops.metrics": ("GET", "/metrics", None, "admin"),
+    "rover_stream.ops.metrics": ("GET", "/metrics", None, "admin"),
     "guide.process_stream": ("POST", "/process-stream", {"total_items": 1, "delay": 0}, "open"),
-    "rover_stream_ops.ready": ("GET", "/ready", None, "open"),
-    "rover_stream_api.realtime": ("GET", "/realtime/private-ops", None, "subscribe:private-ops"),
-    "static": ("GET", "/static/app.js", None, "open"),
+    "rover_stream.ops.ready": ("GET", "/ready", None, "open"),
+    "rover_stream.api.realtime": ("GET", "/realtime/private-ops", None, "subscribe:private-ops"),
+    "demo.static": ("GET", "/static/app.js", None, "open"),
     "guide.main_stream": ("GET", "/stream", None, "open"),
     "demo.count": ("GET", "/stream/count?n=1", None, "open"),
     "demo.rover_image": ("GET", "/stream/rover-image", None, "open"),
     "guide.rover_telemetry": ("GET", "/stream/rover-telemetry", None, "open"),
-    "comms": ("GET", "/ws/comms/private-ops", None, "subscribe:private-ops"),
+    "rover_stream.rooms.comms": ("GET", "/ws/comms/private-ops", None, "subscribe:private-ops"),
 }
 #: Routes that are also checked on a public channel: open to all even with auth on.
-PUBLIC_TOO = {"rover_stream_api.realtime": "/realtime/news", "rover_stream_rooms.room_info": "/api/rooms/science"}
+PUBLIC_TOO = {"rover_stream.api.realtime": "/realtime/news", "rover_stream.rooms.room_info": "/api/rooms/science"}
 
 
 def token(kind: str, *, scope: str = "right", secret: str = SECRET, expired: bool = False) -> str:
@@ -75,7 +76,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Any:
     base = tmp_path_factory.mktemp("access")
     (base / "uploads").mkdir()
     (base / "uploads" / "f.txt").write_text("x")
-    app = rs.create_app({"TESTING": True, "ROVER_SECRET_KEY": SECRET, "ROVER_UPLOADS_DIR": str(base / "uploads"),
+    app = create_demo_app({"TESTING": True, "ROVER_SECRET_KEY": SECRET, "ROVER_UPLOADS_DIR": str(base / "uploads"),
                          "ROVER_DATA_DIR": str(base / "var"), "ROVER_METRICS_INTERVAL": 0})
     return app
 
@@ -90,7 +91,7 @@ def call(app: Any, endpoint: str, headers: dict[str, str], path: str | None = No
     method, default_path, body, _ = ROUTES[endpoint]
     client = app.test_client()
     ws = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-          "Sec-WebSocket-Version": "13"} if endpoint == "comms" else {}
+          "Sec-WebSocket-Version": "13"} if endpoint == "rover_stream.rooms.comms" else {}
     response = client.open(path or default_path, method=method, json=body, headers={**headers, **ws},
                            buffered=False)
     status = response.status_code
@@ -117,11 +118,11 @@ def test_access(secured: Any, endpoint: str, case: str) -> None:
         headers = {"Authorization": f"Bearer {token(need)}"}
     status = call(secured, endpoint, headers)
     if need == "open":
-        assert status < 400 or (endpoint == "comms"), f"{endpoint} {case}: {status}"
+        assert status < 400 or (endpoint == "rover_stream.rooms.comms"), f"{endpoint} {case}: {status}"
         return
     expected = {"none": 401, "expired": 401, "bad-signature": 401, "wrong-scope": 403}.get(case)
     if expected is None:  # a valid token: let in (the WebSocket route needs gunicorn for the upgrade: 501)
-        assert status in ((501,) if endpoint == "comms" else (200,)), f"{endpoint} {case}: {status}"
+        assert status in ((501,) if endpoint == "rover_stream.rooms.comms" else (200,)), f"{endpoint} {case}: {status}"
     else:
         assert status == expected, f"{endpoint} {case}: {status} instead of {expected}"
     if endpoint in PUBLIC_TOO:

@@ -30,7 +30,7 @@ def test_serve_runs_gunicorn_with_gevent_and_answers(tmp_path: Path) -> None:
         while not (match := re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", log.read_text())):
             assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
             time.sleep(0.05)
-        assert "Using worker: rover_stream.worker.Worker" in log.read_text()
+        assert "Using worker: rover_stream.server.worker.Worker" in log.read_text()
         url = f"http://127.0.0.1:{match.group(1)}/health"
         deadline = time.monotonic() + 10
         while True:

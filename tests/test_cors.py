@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 import rover_stream as rs
+from rover_stream.demo import create_demo_app
 
 GOOD, EVIL = "https://mission.example", "https://evil.example"
 
@@ -15,7 +16,7 @@ GOOD, EVIL = "https://mission.example", "https://evil.example"
 def make(tmp_path: Any, origins: str) -> Any:
     (tmp_path / "uploads").mkdir(exist_ok=True)
     (tmp_path / "uploads" / "log.txt").write_text("telemetry")
-    return rs.create_app({"TESTING": True, "ROVER_CORS_ORIGINS": origins, "ROVER_METRICS_INTERVAL": 0,
+    return create_demo_app({"TESTING": True, "ROVER_CORS_ORIGINS": origins, "ROVER_METRICS_INTERVAL": 0,
                           "ROVER_UPLOADS_DIR": str(tmp_path / "uploads"), "ROVER_DATA_DIR": str(tmp_path)})
 
 
@@ -90,7 +91,7 @@ def test_a_wildcard_lets_anyone_read_without_credentials(tmp_path: Any) -> None:
 
 
 def test_by_default_no_other_site_may_read(tmp_path: Any) -> None:
-    app = rs.create_app({"TESTING": True, "ROVER_METRICS_INTERVAL": 0, "ROVER_DATA_DIR": str(tmp_path)})
+    app = create_demo_app({"TESTING": True, "ROVER_METRICS_INTERVAL": 0, "ROVER_DATA_DIR": str(tmp_path)})
     client = app.test_client()
     assert "Access-Control-Allow-Origin" not in client.get("/health", headers={"Origin": GOOD}).headers
     preflight = client.options("/health", headers={"Origin": GOOD, "Access-Control-Request-Method": "GET"})

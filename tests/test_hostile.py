@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from wire_helpers import Publisher, get_json, subscribe, ws_client_class
 
-import rover_stream as rs
+from rover_stream.demo import create_demo_app
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -28,7 +28,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Any:
     (base / "uploads").mkdir()
     (base / "uploads" / "ok.txt").write_text("fine")
     (base / "secret.txt").write_text("do not serve")
-    app = rs.create_app({"TESTING": True, "ROVER_UPLOADS_DIR": str(base / "uploads"), "ROVER_DATA_DIR": str(base),
+    app = create_demo_app({"TESTING": True, "ROVER_UPLOADS_DIR": str(base / "uploads"), "ROVER_DATA_DIR": str(base),
                          "ROVER_METRICS_INTERVAL": 0, "ROVER_MAX_BODY_BYTES": 4096})
     return app
 

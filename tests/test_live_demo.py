@@ -432,16 +432,6 @@ def test_one_telemetry_producer_across_workers_and_failover_without_a_gap(live_s
     assert int(holder_now.split(":")[1]) != pid, (holder, holder_now, server.worker_pids(), server.log()[-3000:])
 
 
-def test_several_workers_without_redis_show_the_same_rover(live_server: Any) -> None:
-    server = live_server(app="wsgi:app", env={"ROVER_WORKERS": "2"})
-    readers = [sse(server, "/stream/rover-telemetry") for _ in range(6)]  # spread over both workers
-    readings = [data(reader.events(1, timeout=8)[0]) for reader in readers]
-    for reading in readings:
-        assert reading == telemetry.reading(reading["tick"])
-    pids = {get_json(server.port, "/health")["pid"] for _ in range(20)}
-    assert pids <= set(server.worker_pids())
-
-
 def test_analytics_are_the_deployments_with_redis(live_server: Any, redis_server: Any) -> None:
     """Two workers on Redis: page views, visitors, API calls and errors land on either worker, and the
     analytics stream (served by either) ends up showing exactly what the whole server saw."""

@@ -164,18 +164,19 @@ def wait_for(predicate, timeout: float, interval: float = 0.05):  # type: ignore
 class Publisher:
     """POSTs to /api/broadcast over one keep-alive connection."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", token: str | None = None) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", token: str | None = None, prefix: str = "") -> None:
         self.connection = http.client.HTTPConnection(host, port, timeout=10)
+        self.path = prefix + "/api/broadcast"
         self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
 
     def __call__(self, channel: str, data: Any, event: str | None = None) -> dict[str, Any]:
         body = {"channel": channel, "data": data, **({"event": event} if event else {})}
         try:
-            self.connection.request("POST", "/api/broadcast", json.dumps(body), self.headers)
+            self.connection.request("POST", self.path, json.dumps(body), self.headers)
             response = self.connection.getresponse()
         except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
             self.connection.close()  # the server closed the idle keep-alive connection: open a new one
-            self.connection.request("POST", "/api/broadcast", json.dumps(body), self.headers)
+            self.connection.request("POST", self.path, json.dumps(body), self.headers)
             response = self.connection.getresponse()
         answer = json.loads(response.read())
         assert response.status == 200, answer
@@ -185,9 +186,10 @@ class Publisher:
         self.connection.close()
 
 
-def subscribe(port: int, channel: str, last_event_id: str | None = None, host: str = "127.0.0.1") -> SSEReader:
+def subscribe(port: int, channel: str, last_event_id: str | None = None, host: str = "127.0.0.1",
+              prefix: str = "") -> SSEReader:
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
-    response = request(port, f"/realtime/{channel}", headers, timeout=10, host=host)
+    response = request(port, f"{prefix}/realtime/{channel}", headers, timeout=10, host=host)
     if response.status != 200:
         response.close()
         raise AssertionError(f"subscribing to {channel!r}: {response.status} {response.buffer[:300]!r}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,13 @@ from flask import Blueprint, current_app, jsonify, render_template, request
 import rover_stream as rs
 
 from . import live
+from .assets import asset_folder, write_once
 from .rover_image import ensure_rover_image
 
-demo = Blueprint("demo", __name__)
+#: The dashboard's page and files: /static/ is the demo's (the app built by create_app() has no static
+#: folder of its own).
+demo = Blueprint("demo", __name__, template_folder=str(asset_folder("templates")),
+                 static_folder=str(asset_folder("static")), static_url_path="/static")
 
 #: Most rows /csv and /json-stream produce on request (?rows=N), to keep a typo from running for hours.
 MAX_ROWS = 10_000_000
@@ -154,7 +157,7 @@ def json_stream() -> Any:
 @demo.get("/stream/rover-image")
 def rover_image() -> Any:
     """The rover camera's JPEG, streamed from disk in IMAGE_CHUNK_SIZE chunks (4 KiB), with Range."""
-    data_dir = Path(current_app.config["ROVER_DATA_DIR"])
+    data_dir = rs.get_runtime().settings.data_dir
     # The first request renders the image (about 2 s of CPU): off the event loop, so streams go on.
     path = rs.run_blocking(ensure_rover_image, data_dir)
     return rs.send_file(path, mimetype="image/jpeg", use_sendfile=False,
@@ -164,7 +167,7 @@ def rover_image() -> Any:
 @demo.get("/download/<path:filename>", merge_slashes=False)  # "//etc/passwd" is a 404, not a redirect
 def download(filename: str) -> Any:
     """Files from the uploads folder: 404 JSON when missing, Content-Disposition, Range, conditional."""
-    return rs.send_from_directory(current_app.config["ROVER_UPLOADS_DIR"], filename, as_attachment=True)
+    return rs.send_from_directory(rs.get_runtime().settings.uploads_dir, filename, as_attachment=True)
 
 
 #: Size of the file /large-file serves (generated once in ROVER_DATA_DIR).
@@ -177,25 +180,15 @@ def ensure_large_file(directory: Path) -> Path:
     path = directory / "large_file.bin"
     if path.exists() and path.stat().st_size == LARGE_FILE_BYTES:
         return path
-    directory.mkdir(parents=True, exist_ok=True)
-    partial = directory / f".large_file.{os.getpid()}.part"
-    try:
-        with open(partial, "wb") as f:
-            seed = hashlib.sha256(b"rover_stream large file").digest()
-            block = b"".join(hashlib.sha256(seed + i.to_bytes(4, "big")).digest() for i in range(2048))  # 64 KiB
-            for _ in range(LARGE_FILE_BYTES // len(block)):
-                f.write(block)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)  # a full disk must not stay full of our half-written file
-        raise
-    return path
+    seed = hashlib.sha256(b"rover_stream large file").digest()
+    block = b"".join(hashlib.sha256(seed + i.to_bytes(4, "big")).digest() for i in range(2048))  # 64 KiB
+    return write_once(path, block, LARGE_FILE_BYTES // len(block))
 
 
 @demo.get("/large-file")
 def large_file() -> Any:
     """A 32 MiB binary file, sent with sendfile, Content-Length and Range (the page's backpressure example:
     the server sends as fast as the client takes, and no faster)."""
-    path = rs.run_blocking(ensure_large_file, Path(current_app.config["ROVER_DATA_DIR"]))
+    path = rs.run_blocking(ensure_large_file, rs.get_runtime().settings.data_dir)
     return rs.send_file(path, mimetype="application/octet-stream", as_attachment=True,
                         download_name="large_file.bin")

@@ -15,7 +15,12 @@ from flask import jsonify, request
 import rover_stream as rs
 from rover_stream.runtime import get_runtime
 
-app = rs.create_app()
+if rs.settings.load()["DEMO"]:  # the demo too, as wsgi.py does: several tests use its routes
+    from rover_stream.demo import create_demo_app
+
+    app = create_demo_app()
+else:
+    app = rs.create_app()
 
 #: How many SSE/writer generators have run their ``finally`` (i.e. were cleaned up), by route.
 cleaned: dict[str, int] = {"idle": 0, "writer": 0}

@@ -2,8 +2,8 @@
 
 On SIGTERM gunicorn's gevent worker sets ``worker.alive = False``, stops accepting, and waits up to
 ``graceful_timeout`` for open requests to finish -- which endless streams never do; they are then cut
-without their ``finally`` running (pitfall 3 of STREAMING-PITFALLS.md). :func:`watch_worker`, called from
-``post_worker_init`` in gunicorn.conf.py, starts a watcher (a greenlet under gevent) that notices
+without their ``finally`` running. :func:`watch_worker`, called from ``post_worker_init``
+(:mod:`rover_stream.server.config`), starts a watcher (a greenlet under gevent) that notices
 ``alive`` turning false and calls :func:`rover_stream.runtime.request_shutdown`: every open stream then
 ends at once, SSE streams with a final ``shutdown`` event carrying a short ``retry:``.
 """
@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from .runtime import request_shutdown
+from ..runtime import request_shutdown
 
 #: How often the watcher looks at ``worker.alive``: the delay between SIGTERM and the streams ending.
 WATCH_INTERVAL = 0.1

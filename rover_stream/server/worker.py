@@ -33,7 +33,7 @@ class Worker(GeventWorker):
 
     def run(self) -> None:
         super().run()
-        from .runtime import drain_streams
+        from ..runtime import drain_streams
 
         left = drain_streams(DRAIN_TIMEOUT)
         if left:
