@@ -237,3 +237,36 @@ def test_log_level_and_web_concurrency_are_honoured(installed: Installed, servin
         time.sleep(0.1)
     assert fetch(port, "/")[0] == 404  # ROVER_DEMO=false: the server alone
     assert "Booting worker" not in server.log()  # an info line: LOG_LEVEL=WARNING hides it
+
+
+def test_the_readmes_first_command_in_a_brand_new_venv(tmp_path: Path) -> None:
+    """``pip install -e . && rover-stream serve``, as the README opens, in a venv that has nothing yet (no
+    pytest, which would bring ``packaging`` along and hide a missing dependency)."""
+    first = (ROOT / "README.md").read_text().split("```sh\n", 1)[1].split("\n", 1)[0]
+    assert first == "pip install -e . && rover-stream serve"
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ROVER_", "PYTHON", "PROMETHEUS_"))
+           and k not in ("HOST", "PORT", "WEB_CONCURRENCY", "VIRTUAL_ENV")}
+    env.update(PATH=f"{venv / 'bin'}:{env.get('PATH', '')}", HOME=str(tmp_path), PORT=str(port),
+               PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_QUIET="1")
+    log_path = tmp_path / "first.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(["bash", "-c", first.replace("&& rover-stream", "&& exec rover-stream")],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+            try:
+                status, headers, body = fetch(port, "/")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log_path.read_text(errors="replace")[-3000:]
+                time.sleep(0.2)
+        assert status == 200 and b"Mission Control" in body
+        assert fetch(port, "/static/app.js")[0] == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
