@@ -15,8 +15,9 @@ where it holds a *lease*, a Redis key ``<prefix>lease:<name>`` set with ``SET NX
 ``LEASE_RENEW`` seconds by a script that only extends it for its holder. The others stand by and take over
 within ``LEASE_TTL`` seconds when the holder stops or dies (a clean stop deletes the key at once).
 
-Producers start with the worker (``post_worker_init`` in the server configuration, :mod:`rover_stream.server.config`), or on the app's first request
-elsewhere; ``GET /health`` reports each one as ``running``, ``standby`` (another process holds its lease),
+Producers start with the worker (``post_worker_init`` in :mod:`rover_stream.server.config`), or on the
+app's first request elsewhere; ``GET /health`` reports each one as ``running``, ``standby`` (another
+process holds its lease),
 ``failed`` (its function raised; it is restarted after ``RESTART_AFTER`` seconds) or ``stopped``.
 """
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "live_apps"))
 
 from host_app import PREFIX, make_app  # noqa: E402
 
-from tests.wire_helpers import Publisher, request, subscribe, ws_client_class  # noqa: E402
+from tests.wire_helpers import Publisher, request, room_echo, subscribe  # noqa: E402
 
 HOST_REQUESTS = [
     pytest.param("GET", "/page", {}, id="page"),
@@ -160,18 +159,8 @@ def test_a_route_authors_own_sse_view_and_publishing_view(host_server: Any) -> N
 
 @pytest.mark.live
 def test_a_room_under_the_prefix_echoes(host_server: Any) -> None:
-    room = ws_client_class().connect(f"ws://127.0.0.1:{host_server.port}{PREFIX}/ws/comms/science?user=ada")
-    try:
-        room.send(json.dumps({"type": "message", "text": "hello"}))
-        deadline = time.monotonic() + 10
-        while True:
-            frame = json.loads(room.receive(timeout=max(0.1, deadline - time.monotonic())) or "{}")
-            if frame.get("type") == "message":
-                assert (frame["user"], frame["text"]) == ("ada", "hello")
-                break
-            assert time.monotonic() < deadline, "no echo"
-    finally:
-        room.close()
+    frame = room_echo(f"ws://127.0.0.1:{host_server.port}{PREFIX}/ws/comms/science?user=ada", "hello")
+    assert frame["user"] == "ada"
     refused = request(host_server.port, f"{PREFIX}/ws/comms/science", {"Upgrade": "websocket", "Connection": "Upgrade",
                       "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13",
                       "Origin": "http://evil.example"})

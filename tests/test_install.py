@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.wire_helpers import Publisher, subscribe, ws_client_class
+from tests.wire_helpers import Publisher, room_echo, subscribe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -177,18 +177,7 @@ def test_serve_from_an_empty_folder_on_port_serves_everything(installed: Install
         publish.close()
         reader.response.close()
 
-    room = ws_client_class().connect(f"ws://127.0.0.1:{port}/ws/comms/science?user=ada")
-    try:
-        room.send(json.dumps({"type": "message", "text": "hello from a wheel"}))
-        deadline = time.monotonic() + 10
-        while True:
-            frame = json.loads(room.receive(timeout=max(0.1, deadline - time.monotonic())) or "{}")
-            if frame.get("type") == "message":
-                assert frame["text"] == "hello from a wheel" and frame["user"] == "ada"
-                break
-            assert time.monotonic() < deadline, "the room did not echo"
-    finally:
-        room.close()
+    assert room_echo(f"ws://127.0.0.1:{port}/ws/comms/science?user=ada", "hello from a wheel")["user"] == "ada"
 
     for path in ("/download/report.pdf", "/download/example.txt", "/large-file"):
         status, _, body = fetch(port, path)

@@ -210,3 +210,18 @@ def ws_client_class() -> Any:
             self._handle_events()  # frames that came with the 101 response
 
     return Client
+
+
+def room_echo(url: str, text: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Join the room at ``url`` (JSON frames), say ``text``, and return the room's message frame for it."""
+    room = ws_client_class().connect(url)
+    try:
+        room.send(json.dumps({"type": "message", "text": text}))
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = json.loads(room.receive(timeout=max(0.1, deadline - time.monotonic())) or "{}")
+            if frame.get("type") == "message" and frame.get("text") == text:
+                return frame  # type: ignore[no-any-return]
+            assert time.monotonic() < deadline, f"the room at {url} did not echo {text!r}"
+    finally:
+        room.close()
