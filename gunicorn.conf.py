@@ -49,6 +49,8 @@ from rover_stream.server.config import *  # noqa: F403 (gunicorn reads this modu
 #   loglevel - debug, info, warning, error, critical (ROVER_LOG_LEVEL, else LOG_LEVEL).
 #   accesslog - '-' for stderr; one line per request (a stream logs when it ends). The path is logged
 #       without its query string: tokens may travel in '?token=' (EventSource cannot send headers).
+#   logger_class - gunicorn's logger with control characters, '"' and '\' of the access log's fields
+#       written as \xNN, so that a request path cannot forge log lines.
 
 # Process naming and control
 #

@@ -55,9 +55,9 @@ def countdown():
     number, so a client that reconnects with Last-Event-ID: 3 gets 2, 1, 0."""
     start = min(request.args.get("start", 10, type=int), 1000)
     interval = min(max(request.args.get("interval", 1.0, type=float), 0.0), 10.0)
-    last = rs.last_event_id()  # read the request in the view: the generator runs after it returns
-    if last is not None and last.isdigit():
-        start = min(start, int(last) - 1)
+    last = rs.last_event_number()  # read the request in the view: the generator runs after it returns
+    if last is not None:
+        start = min(start, last - 1)
     if start < 0:
         return "", 204  # nothing left: a 204 tells EventSource to stop reconnecting
 

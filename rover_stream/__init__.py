@@ -28,6 +28,7 @@ __version__ = "0.1.0.dev0"
 
 from .app import create_app
 from .auth import mint_token, require, require_admin
+from .body import json_body, read_body
 from .concurrency import run_blocking
 from .errors import ApiError, ConfigError, EncodeError, RoverStreamError, ServiceUnavailable, StreamAborted
 from .extension import RoverStream
@@ -38,16 +39,16 @@ from .metrics import METRICS_CHANNEL
 from .pipe import FeedEnded, PipeClosed
 from .producers import add_producer
 from .runtime import StreamingStats, get_hub, get_runtime, publish, streaming_stats
-from .sse import last_event_id, sse_response
+from .sse import last_event_id, last_event_number, sse_response
 from .streaming import StreamingResponse, StreamingWriter, csv_response, ndjson_response
 from .wire.sse import Event, encode
 from .wire.tabular import FLUSH
 
 __all__ = [
-    "ApiError", "ConfigError", "RoverStream", "EncodeError", "Event", "FLUSH", "FeedEnded", "Hub", "METRICS_CHANNEL",
-    "Message", "PipeClosed", "RoverStreamError", "ServiceUnavailable", "StreamAborted", "StreamingResponse",
+    "ApiError", "ConfigError", "EncodeError", "Event", "FLUSH", "FeedEnded", "Hub", "METRICS_CHANNEL", "Message",
+    "PipeClosed", "RoverStream", "RoverStreamError", "ServiceUnavailable", "StreamAborted", "StreamingResponse",
     "StreamingStats", "StreamingWriter", "Subscription", "add_producer", "check_publish_rate", "create_app",
-    "csv_response", "encode", "get_hub", "get_runtime", "last_event_id", "mint_token",
-    "ndjson_response", "publish", "require", "require_admin", "run_blocking", "send_file",
+    "csv_response", "encode", "get_hub", "get_runtime", "json_body", "last_event_id", "last_event_number",
+    "mint_token", "ndjson_response", "publish", "read_body", "require", "require_admin", "run_blocking", "send_file",
     "send_from_directory", "sse_response", "streaming_stats",
 ]

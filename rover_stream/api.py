@@ -14,14 +14,15 @@ event name.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
 from .auth import require
+from .body import json_body
 from .errors import ApiError, EncodeError
-from .hub import is_private, validate_channel
+from .hub import validate_channel
+from .hub.names import guarded_names
 from .limits import check_publish_rate
 from .runtime import get_runtime
 from .sse import last_event_id, sse_response
@@ -50,7 +51,7 @@ def realtime(channel: str | None = None) -> Any:
                            code="invalid_channel")
     for name in names:
         validate_channel(name)
-    require(_secret(), "subscribe", [name for name in names if is_private(name)])
+    require(_secret(), "subscribe", guarded_names(names))
     hub = get_runtime().hub
     return sse_response(hub.subscribe(names, last_event_id=last_event_id()))
 
@@ -58,11 +59,7 @@ def realtime(channel: str | None = None) -> Any:
 @api.post("/api/broadcast")
 def broadcast() -> Any:
     runtime = get_runtime()
-    if request.mimetype != "application/json":
-        raise ApiError(f"Send the body as application/json, not {request.mimetype or 'nothing'!r}.",
-                       status=415, code="unsupported_media_type")
-    request.max_content_length = runtime.settings["MAX_BODY_BYTES"]
-    body = _json_body()
+    body = json_body()
     channel, event, data = _broadcast_fields(body, runtime.settings["DEFAULT_CHANNEL"])
     claims = require(_secret(), "publish", [channel])
     check_publish_rate(claims)
@@ -71,18 +68,6 @@ def broadcast() -> Any:
     except EncodeError as exc:
         raise ApiError(str(exc), code="invalid_event") from None
     return jsonify(id=result.message.id, channel=channel, subscribers=result.subscribers)
-
-
-def _json_body() -> Any:
-    raw = request.get_data(cache=False)  # raises 413 beyond max_content_length
-    try:
-        return json.loads(raw)
-    except UnicodeDecodeError:
-        raise ApiError("The body is not valid UTF-8.", code="invalid_json") from None
-    except json.JSONDecodeError as exc:
-        raise ApiError(f"The body is not valid JSON: {exc}.", code="invalid_json") from None
-    except RecursionError:
-        raise ApiError("The body's JSON is nested too deeply.", code="invalid_json") from None
 
 
 def _broadcast_fields(body: Any, default_channel: str) -> tuple[str, str | None, Any]:

@@ -108,6 +108,18 @@ def require(secret: str | None, action: str, channels: Iterable[str]) -> dict[st
     return claims
 
 
+def presented_claims(secret: str | None) -> dict[str, Any] | None:
+    """The verified claims of the token the current request carries, or None (no secret, no token, or a
+    token that does not verify: where no token is needed, a stale one is no reason to refuse)."""
+    token = token_from_request() if secret else None
+    if token is None or secret is None:
+        return None
+    try:
+        return verify_token(secret, token)
+    except AuthError:
+        return None
+
+
 def require_admin(secret: str | None) -> dict[str, Any] | None:
     """Check the current request carries an admin token (``rover-stream token --admin``): 401 without a
     valid token, 403 with one that is not an admin's. No secret: open."""

@@ -30,6 +30,7 @@ from flask import Blueprint, Flask
 
 from . import settings as settings_module
 from .api import api
+from .body import close_unread_bodies
 from .cors import init_cors
 from .errors import ApiError, register_error_handlers
 from .hub import Hub
@@ -94,6 +95,7 @@ class RoverStream:
         init_logging()
         scope.after_request(send_request_id)
         scope.before_request(runtime.metrics.count_request)
+        scope.after_request(close_unread_bodies)
         init_rooms(app, runtime)
         app.register_blueprint(blueprint, url_prefix=prefix or None)
 

@@ -28,7 +28,7 @@ from . import signals
 log = logging.getLogger("rover_stream.streams")
 
 REQUEST_ID_HEADER = "X-Request-ID"
-_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def request_id() -> str | None:
@@ -38,7 +38,7 @@ def request_id() -> str | None:
     rid = g.get("rover_request_id")
     if rid is None:
         offered = request.headers.get(REQUEST_ID_HEADER, "")
-        rid = offered if _SANE_ID.match(offered) else os.urandom(8).hex()
+        rid = offered if _SANE_ID.fullmatch(offered) else os.urandom(8).hex()
         g.rover_request_id = rid
     return rid  # type: ignore[no-any-return]
 

@@ -32,6 +32,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from .hub.names import ROOM_PREFIX
+
 if TYPE_CHECKING:
     from .runtime import StreamRuntime
 
@@ -217,8 +219,8 @@ class ProcessMetrics:
             rooms: dict[str, int] = {}
             channels: dict[str, int] = {}
             for name, count in per_channel.items():
-                if name.startswith("room."):
-                    rooms[name[5:]] = count
+                if name.startswith(ROOM_PREFIX):
+                    rooms[name[len(ROOM_PREFIX):]] = count
                 else:
                     channels[name] = count
             for name in self._channels - set(channels):

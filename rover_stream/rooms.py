@@ -46,17 +46,17 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from flask_sock import Sock
 from wsproto.utilities import LocalProtocolError
 
-from .auth import require
+from .auth import presented_claims, require
 from .errors import ApiError, ServiceUnavailable
 from .hub import Subscription, validate_channel
-from .hub.names import is_private
+from .hub.names import guarded_names, room_channel
 from .parked import ParkedStream
 from .runtime import StreamRuntime, get_runtime
+from .wire.untrusted import Rejected, parse_json
 from .wire.websocket import close_frame, text_frame
 
 log = logging.getLogger("rover_stream.rooms")
 
-ROOM_PREFIX = "room."
 FRAME_TYPES = ("message", "join", "leave", "presence", "history", "error")
 MAX_USER_LENGTH = 64
 MAX_TEXT_LENGTH = 4000
@@ -69,10 +69,6 @@ _TRY_LATER = {"slow_client": "too slow: messages were piling up",
               "history_gap": "this server fell behind the room's history: rejoin"}
 
 rooms_api = Blueprint("rooms", __name__)
-
-
-def room_channel(room: str) -> str:
-    return ROOM_PREFIX + room
 
 
 class Presence:
@@ -486,17 +482,40 @@ def _origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
         return True
     if "*" in allowed or origin in allowed:
         return True
-    parts = urlsplit(origin)
+    try:  # urlsplit raises on a port that is not a number from 0 to 65535, and on a broken [IPv6]
+        parts = urlsplit(origin)
+        port = parts.port
+        host = urlsplit("//" + request.host)
+        host_port = host.port
+    except ValueError:
+        return False
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return False
-    host = urlsplit("//" + request.host)
     # Same origin: same host name, and the same port when the Host header names one (some clients leave
     # the port out of Host; browsers never do for a non-default port).
-    return parts.hostname == host.hostname and (host.port is None or parts.port == host.port)
+    return parts.hostname == host.hostname and (host_port is None or port == host_port)
 
 
-def _user_name() -> str:
-    user = (request.args.get("user") or "").strip()
+def _check_handshake() -> None:
+    """What the WebSocket handshake needs (RFC 6455 section 4.2.1), checked while an HTTP answer is still
+    possible: the WebSocket library would otherwise fail on it mid-upgrade."""
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        raise ApiError("This is a WebSocket endpoint: connect with a WebSocket client.", status=400,
+                       code="websocket_required")
+    if not request.headers.get("Sec-WebSocket-Key"):
+        raise ApiError("The WebSocket handshake needs a Sec-WebSocket-Key header.", status=400,
+                       code="bad_handshake")
+    if request.headers.get("Sec-WebSocket-Version", "").strip() != "13":
+        raise ApiError("Only WebSocket version 13 is spoken here.", status=426, code="unsupported_version",
+                       headers={"Sec-WebSocket-Version": "13"})
+
+
+def _user_name(claims: dict[str, Any] | None) -> str:
+    """The member's name: the token's subject when it has one (a name in the URL cannot override it),
+    else ``?user=``, else ``anonymous``."""
+    subject = claims.get("sub") if claims else None
+    user = subject if isinstance(subject, str) and subject.strip() else (request.args.get("user") or "")
+    user = user.strip()
     if not user:
         return "anonymous"
     if len(user) > MAX_USER_LENGTH or any(ord(c) < 32 or c == "\x7f" for c in user):
@@ -511,8 +530,8 @@ def _incoming_text(raw: Any) -> str | None:
     text = raw
     if raw[:1] == "{":
         try:
-            frame = json.loads(raw)
-        except ValueError:
+            frame = parse_json(raw)
+        except Rejected:
             frame = None
         if isinstance(frame, dict):
             if frame.get("type", "message") != "message" or not isinstance(frame.get("text"), str):
@@ -607,12 +626,14 @@ def _check_websocket_request() -> Any:
     if not _origin_allowed(request.headers.get("Origin"), settings["WS_ALLOWED_ORIGINS"]):
         raise ApiError(f"Origin {request.headers.get('Origin')!r} may not open this WebSocket.", status=403,
                        code="origin_not_allowed")
-    if is_private(room):
-        require(settings["SECRET_KEY"], "subscribe", [room])
-    request.environ["rover_stream.room_user"] = _user_name()
+    claims = require(settings["SECRET_KEY"], "subscribe", guarded_names([room_channel(room)]))
+    if claims is None:
+        claims = presented_claims(settings["SECRET_KEY"])
+    request.environ["rover_stream.room_user"] = _user_name(claims)
     if "gunicorn.socket" not in request.environ:
         raise ApiError("WebSocket rooms need the gunicorn server (rover-stream serve).", status=501,
                        code="websocket_unsupported")
+    _check_handshake()
     presence: Presence = current_app.extensions["rover_stream_presence"]
     if len(presence.rooms.get(room, ())) >= settings["ROOM_MAX_MEMBERS"]:
         raise ApiError(f"Room {room!r} is full ({settings['ROOM_MAX_MEMBERS']} members).", status=503,
@@ -632,8 +653,8 @@ def _check_websocket_request() -> Any:
 @rooms_api.get("/api/rooms/<room>")
 def room_info(room: str) -> Any:
     validate_channel(room)
-    if is_private(room):  # who is in a private room is as private as what is said there
-        require(get_runtime().settings["SECRET_KEY"], "subscribe", [room])
+    # Who is in a private room is as private as what is said there.
+    require(get_runtime().settings["SECRET_KEY"], "subscribe", guarded_names([room_channel(room)]))
     presence: Presence = current_app.extensions["rover_stream_presence"]
     members = presence.members(room)
     return jsonify(room=room, members=members, count=len(members))

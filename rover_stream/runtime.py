@@ -21,6 +21,7 @@ from flask import Flask, current_app, g
 from . import signals
 from .errors import ServiceUnavailable
 from .hub import Hub, MemoryEngine
+from .hub.names import ROOM_PREFIX
 from .logs import stream_context
 from .metrics import ProcessMetrics
 from .parked import ParkingLot
@@ -54,6 +55,7 @@ class StreamRuntime:
         self.bytes_sent = 0
         self.stream_errors = 0
         self.stream_seconds = 0.0  # summed durations of the streams that ended
+        self.body_readers = 0  # requests reading their body now (rover_stream.body)
         self.producers: dict[str, Producer] = {}
         self.producers_started = False
         self.metrics = ProcessMetrics(self)
@@ -217,7 +219,7 @@ def streaming_stats_of(runtime: StreamRuntime) -> StreamingStats:
 def make_hub(settings: Settings) -> Hub:
     """The hub the settings ask for: on Redis with ``ROVER_REDIS_URL``, else in this process."""
     # A room keeps the messages it sends to members that join; every other channel HISTORY_SIZE events.
-    sizes = {"room.": settings["ROOM_HISTORY"]}
+    sizes = {ROOM_PREFIX: settings["ROOM_HISTORY"]}
     engine: Any
     if settings["REDIS_URL"]:
         from .hub.redis_engine import RedisEngine

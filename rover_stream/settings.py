@@ -113,23 +113,24 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
-_BIND = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$|^unix:/.+$")
+_BIND = re.compile(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})|unix:/[^\n]+")
 
 
 def _bind(raw: Any) -> str:
     text = str(raw).strip()
-    match = _BIND.match(text)
+    match = _BIND.fullmatch(text)
     if not match or (match.group(2) is not None and int(match.group(2)) > 65535):
         raise ValueError
     return text
 
 
-CHANNEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+#: Matched with fullmatch: ``$`` would also match before a final newline ("news\n" must not pass).
+CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 
 
 def _channel(raw: Any) -> str:
     text = str(raw).strip()
-    if not CHANNEL_NAME.match(text):
+    if not CHANNEL_NAME.fullmatch(text):
         raise ValueError
     return text
 
@@ -186,7 +187,7 @@ def _origins(raw: Any) -> tuple[str, ...]:
         items = [item.strip() for item in str(raw).split(",")]
     items = [item.rstrip("/") for item in items if item]
     for item in items:
-        if item != "*" and not re.match(r"^https?://[^/\s]+$", item):
+        if item != "*" and not re.fullmatch(r"https?://[^/\s]+", item):
             raise ValueError
     return tuple(items)
 
@@ -278,7 +279,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Last-Event-ID and catches up from history); 'drop-oldest' discards its oldest waiting event.",
             "disconnect or drop-oldest"),
     Setting("MAX_CHANNELS", _integer(1, 10_000_000), 10_000,
-            "Channels one hub holds at once; idle channels are forgotten first when it is reached.",
+            "Channels one worker's hub holds at once, with subscribers or (in-process) only a history: beyond it "
+            "the idlest channels without subscribers are forgotten, history included; when all have "
+            "subscribers, a new channel gets 503 too_many_channels.",
             "an integer from 1 to 10000000"),
     Setting("MAX_CHANNELS_PER_STREAM", _integer(1, 1000), 32,
             "Channels one SSE connection may subscribe to.", "an integer from 1 to 1000"),
@@ -289,7 +292,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Events a second one client (token subject, else address) may publish through the HTTP API, in "
             "bursts of twice that (429 with Retry-After beyond); 0 for no limit.", "a number >= 0"),
     Setting("MAX_BODY_BYTES", _integer(64, 64 * 1024 * 1024), 64 * 1024,
-            "Largest request body accepted by the HTTP API (413 beyond).", "an integer from 64 to 67108864"),
+            "Largest request body accepted by the HTTP API and the demo's POST routes (413 beyond, before "
+            "the body is read when Content-Length says so).", "an integer from 64 to 67108864"),
+    Setting("BODY_TIMEOUT", _seconds(), 10.0,
+            "Seconds in which a request body must arrive whole (408 beyond); after the first 5 s it must also "
+            "come at BODY_MIN_RATE or faster. At most 5% of WORKER_CONNECTIONS bodies are read at once (503 "
+            "beyond), so slow uploads cannot take every connection.", "a number of seconds > 0"),
+    Setting("BODY_MIN_RATE", _seconds(), 1024.0,
+            "Bytes a second a request body must average once it has taken 5 s (408 below).", "a number > 0"),
     Setting("SECRET_KEY", _optional(_secret), None,
             "Secret that signs access tokens (JWT, HS256). With it, publishing and private- channels need a "
             "token. Without it the server runs open, and only on a loopback address.",
@@ -372,6 +382,11 @@ class Settings(Mapping[str, Any]):
         if explicit is not None:
             return int(explicit)
         return max(1, self._values["WORKER_CONNECTIONS"] * 9 // 10)
+
+    @property
+    def max_body_readers(self) -> int:
+        """How many request bodies one worker reads at once: 5% of its connections."""
+        return max(1, self._values["WORKER_CONNECTIONS"] // 20)
 
     @property
     def data_dir(self) -> Path:

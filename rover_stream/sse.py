@@ -34,6 +34,7 @@ from .pipe import Feed, FeedEnded, Pipe, PipeClosed
 from .runtime import StreamRuntime, get_runtime
 from .streaming import StreamBody, StreamingResponse
 from .wire.sse import HEARTBEAT, Event, encode, to_bytes
+from .wire.untrusted import parse_event_number
 
 log = logging.getLogger("rover_stream.sse")
 
@@ -51,6 +52,13 @@ def last_event_id() -> str | None:
     if value is None:
         value = request.args.get("last_event_id")
     return value
+
+
+def last_event_number() -> int | None:
+    """:func:`last_event_id` as a counter, for streams whose ids are 0, 1, 2...: ``Last-Event-ID: 41`` gives
+    41; None when there is none, or it is not a decimal number below 2**63 (so the stream starts over
+    rather than failing on ``Last-Event-ID: 99999...`` or ``-1``)."""
+    return parse_event_number(last_event_id())
 
 
 class GeneratorFeed(Pipe):

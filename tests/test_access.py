@@ -27,7 +27,7 @@ ROUTES: dict[str, tuple[str, str, Any, str]] = {
     "guide.rover_telemetry_recent": ("GET", "/api/rover/telemetry?last=2", None, "open"),
     "guide.send_broadcast": ("POST", "/broadcast", {"message": "hi"}, "publish:broadcast"),
     "guide.broadcast_stream": ("GET", "/broadcast-stream", None, "open"),
-    "guide.join_chat": ("GET", "/chat/ada", None, "open"),
+    "guide.join_chat": ("GET", "/chat/ada", None, "publish:chat"),
     "guide.send_chat_message": ("POST", "/chat/send", {"user": "ada", "message": "hi"}, "publish:chat"),
     "demo.csv_download": ("GET", "/csv?rows=2", None, "open"),
     "demo.download": ("GET", "/download/f.txt", None, "open"),

@@ -14,7 +14,6 @@ loop per client; the others are generators, one per client, as in the guide.
 from __future__ import annotations
 
 import itertools
-import json
 import threading
 import time
 import uuid
@@ -53,17 +52,11 @@ def _number_arg(name: str, default: float, low: float, high: float, integer: boo
 
 
 def _json_object(optional: bool = False) -> dict[str, Any]:
-    """The request's JSON object body: 415 when it is not JSON, 400 when it is not an object."""
-    if optional and not request.get_data(cache=True):
-        return {}
-    if request.mimetype != "application/json":
-        raise rs.ApiError(f"Send the body as application/json, not {request.mimetype or 'nothing'!r}.",
-                          status=415, code="unsupported_media_type")
-    request.max_content_length = rs.get_runtime().settings["MAX_BODY_BYTES"]
-    try:
-        body = json.loads(request.get_data(cache=True))
-    except (ValueError, RecursionError) as exc:
-        raise rs.ApiError(f"The body is not valid JSON: {exc}.", code="invalid_json") from None
+    """The request's JSON object body (the library's body policy: size, time, bounded JSON): 415 when it
+    is not JSON, 400 when it is not an object; ``optional``: an empty body is ``{}``."""
+    if optional and not request.content_length and "chunked" not in request.headers.get("Transfer-Encoding", ""):
+        return {}  # POST /process-stream without a body: the defaults
+    body = rs.json_body()
     if not isinstance(body, dict):
         raise rs.ApiError("The body must be a JSON object.", code="invalid_body")
     return body
@@ -209,9 +202,11 @@ def send_broadcast() -> Any:
 @guide.get("/chat/<username>")
 def join_chat(username: str) -> Any:
     """The chat room over SSE: the last 10 messages first, then live ones; everyone sees this user join
-    and, when the stream ends, leave."""
-    if not username.strip() or len(username) > MAX_NAME or any(ord(c) < 32 for c in username):
+    and, when the stream ends, leave. Joining announces the user, which is publishing: with a secret it
+    needs the same token as ``POST /chat/send``."""
+    if not username.strip() or len(username) > MAX_NAME or any(ord(c) < 32 or c == "\x7f" for c in username):
         raise rs.ApiError(f"A user name is 1 to {MAX_NAME} printable characters.", code="invalid_user")
+    rs.check_publish_rate(rs.require(current_app.config["ROVER_SECRET_KEY"], "publish", [live.CHAT_CHANNEL]))
     hub = rs.get_hub()
     keepalive = _number_arg("keepalive", 30.0, 0.1, 300)
     history = hub.history(live.CHAT_CHANNEL)[-10:]
@@ -337,8 +332,8 @@ def main_stream() -> Any:
     and ``retry: 5000``. ``?tick=`` shortens the second these rhythms count in (for tests)."""
     clients: MainStreamClients = current_app.extensions["rover_demo_main_stream"]
     unit = _number_arg("tick", 1.0, 0.01, 10)
-    last = rs.last_event_id()
-    first_id = int(last) + 1 if last is not None and last.isascii() and last.isdigit() else 0
+    last = rs.last_event_number()
+    first_id = last + 1 if last is not None else 0
     client_id = str(uuid.uuid4())
 
     def generate() -> Any:

@@ -108,8 +108,8 @@ def index() -> Any:
 def events() -> Any:
     """An event with an id every second (?interval= seconds); resumes after Last-Event-ID."""
     interval = _float_arg("interval", 1.0, 60.0)
-    last = rs.last_event_id()
-    start = int(last) + 1 if last is not None and last.isascii() and last.isdigit() else 0
+    last = rs.last_event_number()
+    start = last + 1 if last is not None else 0
 
     def generate() -> Any:
         for n in itertools.count(start):

@@ -80,6 +80,8 @@ class Hub:
             signals.emit(signals.message_published, self, message=message, subscribers=reached)
             return PublishResult(message, reached)
         with self._lock:
+            if not self.engine.holds(channel):
+                self._make_room_for(channel)
             message = self.engine.append(channel, event, data, body)
             found = self._channels.get(channel)
             reached, dropped = self._deliver(found, message) if found else (0, ())
@@ -233,15 +235,26 @@ class Hub:
         if self.remote:
             self.engine.set_local_count(channel.name, len(channel.subscribers))
 
+    def _held(self) -> set[str]:
+        """The channels this process keeps something of: subscribers, or (in-process engine) a history."""
+        return set(self._channels) if self.remote else set(self._channels) | set(self.engine.held_channels())
+
     def _make_room_for(self, name: str) -> None:
-        if name in self._channels or len(self._channels) < self.max_channels:
+        """Keep the channels held within ``max_channels`` (lock held): to make room for ``name``, the idlest
+        channels without subscribers are forgotten -- their histories too, so a client resuming on one later
+        gets a reset --, a tenth of them at once so that a flood of new channels does not scan every time.
+        When every channel has subscribers, 503 ``too_many_channels``."""
+        if name in self._channels:
             return
-        idle = [c for c in self._channels.values() if not c.subscribers]
-        idle.sort(key=lambda c: self.engine.idle_since(c.name))
-        for channel in idle[: max(1, len(self._channels) - self.max_channels + 1)]:
-            del self._channels[channel.name]
-            self.engine.forget(channel.name)
-        if len(self._channels) >= self.max_channels:
+        held = self._held()
+        if name in held or len(held) < self.max_channels:
+            return
+        idle = [n for n in held if not (n in self._channels and self._channels[n].subscribers)]
+        idle.sort(key=self.engine.idle_since)
+        for forgotten in idle[: max(1, len(held) - self.max_channels + 1, self.max_channels // 10)]:
+            self._channels.pop(forgotten, None)
+            self.engine.forget(forgotten)
+        if len(self._held()) >= self.max_channels:
             raise ServiceUnavailable(f"The hub holds its maximum of {self.max_channels} channels, all with "
                                      "subscribers.", code="too_many_channels")
 

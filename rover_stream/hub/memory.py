@@ -95,6 +95,13 @@ class MemoryEngine:
     def forget(self, channel: str) -> None:
         self._logs.pop(channel, None)
 
+    def holds(self, channel: str) -> bool:
+        """Whether this engine keeps anything (a counter, a history) of ``channel``."""
+        return channel in self._logs
+
+    def held_channels(self) -> list[str]:
+        return list(self._logs)
+
     def idle_since(self, channel: str) -> float:
         """When the channel last had a message (0 if never): the hub forgets the idlest channels first."""
         log = self._logs.get(channel)

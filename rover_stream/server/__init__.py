@@ -5,6 +5,7 @@
   producers started with the worker, SIGTERM turned into "end every stream now").
 - :mod:`.worker` -- the gevent worker that lets go of parked connections at once and waits for them at exit.
 - :mod:`.lifecycle` -- the watcher that notices a worker stopping.
+- :mod:`.accesslog` -- gunicorn's logger with the access log's fields escaped.
 - :mod:`.checks` -- start-up checks shared with ``rover-stream serve`` (a split hub).
 - :mod:`.wsgi` -- ``app = create_app()``: the library's full server without the demo.
 

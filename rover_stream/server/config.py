@@ -45,6 +45,8 @@ keepalive = _s["KEEPALIVE"]
 loglevel = _s["LOG_LEVEL"]
 errorlog = "-"
 accesslog = "-"
+# gunicorn's logger, with control characters in the access log's fields escaped: a path cannot forge lines.
+logger_class = "rover_stream.server.accesslog.AccessLogger"
 # The path without its query string: tokens may travel in '?token=' (EventSource cannot send headers).
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(L)ss'
 
