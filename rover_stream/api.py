@@ -3,7 +3,7 @@
 - ``GET /realtime/<channel>``: one channel. ``GET /realtime?channel=a&channel=b`` (or ``channels=a,b``):
   several on one connection (browsers allow six connections per origin); each event's data is then
   ``{"channel": ..., "data": ...}`` and its id a cursor over all of them.
-- ``POST /api/broadcast``: ``{"channel": "...", "event": "...", "data": <any JSON>}``; or the seed's
+- ``POST /api/broadcast``: ``{"channel": "...", "event": "...", "data": <any JSON>}``; or the SSE API's
   ``{"message": "...", "timestamp": "..."}``, published whole on ``ROVER_DEFAULT_CHANNEL``. Answers
   ``{"id": ..., "channel": ..., "subscribers": N}``.
 
@@ -76,7 +76,7 @@ def _broadcast_fields(body: Any, default_channel: str) -> tuple[str, str | None,
                        code="invalid_body")
     keys = set(body)
     if "message" in keys and keys <= SEED_FIELDS:
-        return default_channel, None, body  # the seed's shape: published whole on the default channel
+        return default_channel, None, body  # the SSE API's shape: published whole on the default channel
     unknown = keys - BROADCAST_FIELDS
     if unknown:
         raise ApiError(f"Unknown field(s) {sorted(unknown)}; allowed: channel, event, data (or the "

@@ -364,7 +364,7 @@ def sample(runtime: StreamRuntime, sampler: ProcessSampler, requests_per_second:
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        # the seed's names
+        # the names of the Cosmic Rover tutorial's metrics endpoint, which clients already read
         "cpu_usage": cpu,
         "memory_usage": sampler.memory_percent(),
         "active_connections": sockets,

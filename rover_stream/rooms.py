@@ -20,11 +20,12 @@ A client sends ``{"text": "..."}`` (or ``{"type": "message", "text": "..."}``), 
 member's bounded hub queue (its subscription). The member's connection is written by one writer only --
 the worker's parking-lot writer, as for parked SSE streams (see :mod:`rover_stream.parked`) -- which writes
 its frames, its pings, and simple-websocket's pongs and close frames (routed to it), with non-blocking
-writes that keep what the socket does not take: frames are never interleaved nor truncated (pitfalls 7
-and 8). A member whose queue fills up is dropped by the hub's slow-client policy and closed with 1013; the
-room goes on. The same lot's reader greenlet reads every member's socket when the event loop reports
-input, feeds simple-websocket's protocol handling and publishes the messages: a member in a room costs no
-greenlet of its own (an idle member costs its socket, its queue and its protocol state: a few KB).
+writes that keep what the socket does not take: frames are never interleaved nor truncated (two greenlets writing
+one socket would interleave them; a blocking write cut by a timeout would truncate one). A member whose queue fills
+up is dropped by the hub's slow-client policy and closed with 1013; the room goes on. The same lot's reader greenlet
+reads every member's socket when the event loop reports input, feeds simple-websocket's protocol handling and
+publishes the messages: a member in a room costs no greenlet of its own (an idle member costs its socket, its queue
+and its protocol state: a few KB).
 
 Close codes: 1000 normal, 1001 server shutting down, 1008 policy (message rate, idle timeout, bad frame),
 1009 message too big, 1013 too slow (queue full) or room full.

@@ -176,10 +176,10 @@ def streaming_stats(app: Flask | None = None) -> StreamingStats:
 
 
 def streaming_stats_of(runtime: StreamRuntime) -> StreamingStats:
-    """The seed's ``streaming_stats()``, over every worker of this server: active streams (SSE, downloads,
-    WebSocket members), bytes streamed, the average throughput of a stream while it is open (megabits a
-    second), streams that ended in an error, the hub's counters, subscribers per channel, members per room.
-    Counters of other workers are at most ``metrics.SYNC_INTERVAL`` seconds old."""
+    """``streaming_stats()`` (as the streaming guide names it), over every worker of this server: active streams (SSE,
+    downloads, WebSocket members), bytes streamed, the average throughput of a stream while it is open (megabits a
+    second), streams that ended in an error, the hub's counters, subscribers per channel, members per room. Counters
+    of other workers are at most ``metrics.SYNC_INTERVAL`` seconds old."""
     from .metrics import read_samples, total
 
     runtime.metrics.sync()

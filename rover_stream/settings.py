@@ -286,7 +286,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_CHANNELS_PER_STREAM", _integer(1, 1000), 32,
             "Channels one SSE connection may subscribe to.", "an integer from 1 to 1000"),
     Setting("DEFAULT_CHANNEL", _channel, "broadcast",
-            "Channel of POST /api/broadcast bodies that name none (the seed's {message, timestamp} shape).",
+            "Channel of POST /api/broadcast bodies that name none (the {message, timestamp} shape of the SSE "
+            "API's broadcast).",
             "a channel name: 1-100 of A-Z a-z 0-9 _ . -, starting with a letter or digit"),
     Setting("PUBLISH_RATE", _seconds(exclusive=False), 0.0,
             "Events a second one client (token subject, else address) may publish through the HTTP API, in "

@@ -4,7 +4,8 @@ All are declared here, in one private namespace, as Flask does. blinker holds we
 connect a closure or lambda with ``weak=False`` or it is collected at once and never fires.
 
 rover_stream sends them with :func:`emit`, which calls every receiver even if one raises (blinker's own
-``send`` stops at the first exception, pitfall 11) and costs next to nothing when no one listens.
+``send`` stops at the first exception, so one failing receiver would silence the rest) and costs next to
+nothing when no one listens.
 """
 
 from __future__ import annotations

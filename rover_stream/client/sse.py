@@ -8,8 +8,8 @@
         for event in source:
             print(event.event, event.id, event.json())
 
-The parsing is :class:`~rover_stream.wire.sse_parser.EventStreamParser`'s (the WHATWG rules of
-``SSE-RULES.md``); the connection follows the WHATWG processing model:
+The parsing is :class:`~rover_stream.wire.sse_parser.EventStreamParser`'s (the WHATWG event stream
+interpretation rules); the connection follows the WHATWG processing model:
 
 - 200 with ``Content-Type: text/event-stream``: the stream is open and its events are yielded.
 - A network error (refused, reset, timed out) *and* a clean end of the body both lead to a reconnect after

@@ -1,4 +1,5 @@
-"""The seeds' first example routes, written as plain ``def`` views on the public API."""
+"""The Cosmic Rover tutorial's and the synchronous streaming page's example routes, written as plain
+``def`` views on the public API."""
 
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def _counters() -> live.Counters:
 
 @demo.get("/")
 def index() -> Any:
-    """The dashboard for browsers; the seed's JSON status document for clients that ask for JSON."""
+    """The dashboard for browsers; the SSE API's JSON status document for clients that ask for JSON."""
     best = request.accept_mimetypes.best_match(["text/html", "application/json"], default="text/html")
     if best == "application/json" and request.accept_mimetypes["application/json"] > \
             request.accept_mimetypes["text/html"]:

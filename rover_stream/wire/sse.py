@@ -1,7 +1,7 @@
 """The Server-Sent Events encoder.
 
 Follows the WHATWG "event stream interpretation" rules so that a browser parses exactly what the route
-author meant (see ``shared/docs/SSE-RULES.md``):
+author meant:
 
 - ``data`` is split on CR, LF and CRLF only -- never ``str.splitlines()``, which also splits on U+2028,
   U+0085, U+001C... -- and each piece gets its own ``data:`` line; an empty string is one ``data:`` line.
