@@ -1,9 +1,10 @@
 """Files and images from disk, never read into memory: conditional requests, byte ranges, fast sendfile.
 
-:func:`send_from_directory` confines a client-supplied name to one folder (``..``, encoded traversal and
-absolute paths give 404) and :func:`send_file` answers with ``Content-Length``, ``ETag``,
-``Last-Modified`` and ``Accept-Ranges``; ``If-None-Match``/``If-Modified-Since`` give 304, one ``Range``
-gives 206, an unsatisfiable one 416 (several ranges are answered with the whole file, which HTTP allows).
+:func:`send_from_directory` confines a client-supplied name to one folder (``..``, encoded traversal,
+absolute paths, and symlinks whose target lies outside the folder give 404) and :func:`send_file` answers
+with ``Content-Length``, ``ETag``, ``Last-Modified`` and ``Accept-Ranges``; ``If-None-Match``/
+``If-Modified-Since`` give 304, one ``Range`` gives 206, an unsatisfiable one 416 (several ranges are
+answered with the whole file, which HTTP allows).
 
 Under gunicorn, the body writes the file with ``os.sendfile`` straight to the client socket. gevent's own
 ``socket.sendfile`` is an 8 KiB ``send`` loop in Python; ours asks the kernel for the whole remainder per
@@ -17,6 +18,7 @@ from __future__ import annotations
 import mimetypes
 import os
 import socket
+import stat
 import struct
 import time
 from collections.abc import Iterator, Mapping
@@ -126,12 +128,69 @@ def _not_found(filename: str) -> ApiError:
     return ApiError(f"No file named {filename!r} is available here.", status=404, code="not_found")
 
 
-def send_from_directory(directory: str | os.PathLike[str], filename: str, **kwargs: Any) -> Response:
-    """Serve ``filename`` from ``directory``; anything outside it, or missing, is a JSON 404."""
-    path = safe_join(os.fspath(directory), filename)
-    if path is None or not os.path.isfile(path):
+def _inside(path: str, root: str) -> bool:
+    """Whether the resolved ``path`` is ``root`` or below it (both absolute and free of symlinks)."""
+    try:
+        return os.path.commonpath([root, path]) == root
+    except ValueError:  # one relative, the other absolute (or different drives)
+        return False
+
+
+def _fd_path(fd: int) -> str | None:
+    """Where the kernel says the open file ``fd`` is, when it says (Linux's /proc), else None."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
+def _open_confined(root: str, path: str, filename: str) -> int:
+    """Open ``path`` (already joined below ``root`` by safe_join) for reading if, with every symlink
+    resolved, it is a regular file inside ``root``'s real path; else raise the JSON 404. A symlink that
+    stays inside the folder is followed; one that leads out of it is as missing as a missing file."""
+    try:
+        real_root = os.path.realpath(root)
+        real = os.path.realpath(path)
+    except (ValueError, OSError):  # a NUL byte in the name, a symlink loop...
+        raise _not_found(filename) from None
+    if not _inside(real, real_root):
         raise _not_found(filename)
-    return send_file(path, **kwargs)
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        # The resolved path, without following a symlink put there since (O_NOFOLLOW), and without waiting
+        # for a writer if it is a FIFO (O_NONBLOCK; a FIFO is refused below anyway).
+        fd = os.open(real, flags)
+    except (ValueError, OSError):
+        raise _not_found(filename) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _not_found(filename)
+        # A folder on the way swapped for a symlink between realpath() and open(): ask the kernel where
+        # the file it opened is.
+        opened = _fd_path(fd)
+        if opened is not None and not _inside(opened, real_root):
+            raise _not_found(filename)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def send_from_directory(directory: str | os.PathLike[str], filename: str, **kwargs: Any) -> Response:
+    """Serve ``filename`` from ``directory``; anything outside it (``..``, an absolute path, a symlink that
+    leads out of it), or missing, is a JSON 404. Takes :func:`send_file`'s keyword arguments."""
+    root = os.fspath(directory)
+    path = safe_join(root, filename)
+    if path is None:
+        raise _not_found(filename)
+    fd = _open_confined(root, path, filename)
+    try:
+        # Named after the requested path (the link's name, not its target's), as send_file(path) would be.
+        return _file_response_from(fd, path, **kwargs)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def send_file(
@@ -146,18 +205,27 @@ def send_file(
 ) -> Response:
     """Serve one file with conditional and range support. ``chunk_size`` sets the size of each chunk when
     the file is streamed chunk by chunk (``use_sendfile=False``, or no sendfile on this server)."""
-    runtime = get_runtime()
     path = os.fspath(path)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise _not_found(os.path.basename(path)) from None
     try:
-        return _file_response(runtime, fd, path, mimetype, as_attachment, download_name, chunk_size,
-                              use_sendfile, headers)
+        return _file_response_from(fd, path, mimetype=mimetype, as_attachment=as_attachment,
+                                   download_name=download_name, chunk_size=chunk_size, use_sendfile=use_sendfile,
+                                   headers=headers)
     except BaseException:
         os.close(fd)
         raise
+
+
+def _file_response_from(fd: int, path: str, *, mimetype: str | None = None, as_attachment: bool = False,
+                        download_name: str | None = None, chunk_size: int | None = None,
+                        use_sendfile: bool = True, headers: Mapping[str, str] | None = None) -> Response:
+    """The response for the file open as ``fd`` (closed by the response, or by the caller on an error),
+    named and typed after ``path``."""
+    return _file_response(get_runtime(), fd, path, mimetype, as_attachment, download_name, chunk_size,
+                          use_sendfile, headers)
 
 
 def _file_response(runtime: StreamRuntime, fd: int, path: str, mimetype: str | None, as_attachment: bool,
@@ -254,6 +322,8 @@ def _requested_range(size: int, etag: str, mtime: int) -> tuple[int, int] | str 
         elif (date := parse_date(if_range)) is None or int(date.timestamp()) != mtime:
             return None
     first, last = byte_range.ranges[0]  # Werkzeug: last is exclusive; a suffix has a negative first
+    if first == 0 and last is None and _zero_suffix(request.headers.get("Range", "")):
+        return "unsatisfiable"  # "bytes=-0", which Werkzeug reads as "bytes=0-": the last 0 bytes
     if first < 0:  # "bytes=-N": the last N bytes, or the whole file when it is shorter
         first, last = max(0, size + first), size
     elif last is None or last > size:
@@ -261,3 +331,10 @@ def _requested_range(size: int, etag: str, mtime: int) -> tuple[int, int] | str 
     if first >= size or first >= last:
         return "unsatisfiable"
     return first, last
+
+
+def _zero_suffix(header: str) -> bool:
+    """Whether a single-range ``Range`` header asks for the last zero bytes (``bytes=-0``): unsatisfiable
+    (RFC 9110 section 14.1.1: a suffix range needs a non-zero length)."""
+    spec = header.partition("=")[2].strip()
+    return spec.startswith("-") and spec[1:].strip().isdigit() and int(spec[1:]) == 0

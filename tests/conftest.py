@@ -82,6 +82,9 @@ class LiveServer:
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
+        # This checkout first: gunicorn imports the config (and so rover_stream) before --chdir applies,
+        # and an installed rover_stream elsewhere must not be what the test serves.
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environment.get("PYTHONPATH")]))
         self._log = open(self.log_path, "wb")
         if kind == "gevent":
             command = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "--chdir",
