@@ -72,7 +72,9 @@ class Hub:
         Raises :class:`~rover_stream.errors.EncodeError` for an event name with CR, LF or NUL, and
         :class:`~rover_stream.errors.ServiceUnavailable` when a remote engine cannot be reached."""
         validate_channel(channel)
-        body = encode(data, event=event)
+        # JSON null is data like any other ("data: null"): the encoder's None means "no data line", and a
+        # block without one is never dispatched by a browser.
+        body = encode("null" if data is None else data, event=event)
         if self.remote:
             # The engine stores it; every worker's reader (this one's too) delivers it, in stream order.
             message, reached = self.engine.publish(channel, event, data, body)

@@ -39,9 +39,11 @@ def _finite_float(text: str) -> float:
 
 
 def parse_json(raw: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
-    """``raw`` as a JSON value within the bounds above, or :class:`Rejected`."""
+    """``raw`` (UTF-8, as RFC 8259 requires of JSON between systems) as a JSON value within the bounds
+    above, or :class:`Rejected`."""
     try:
-        value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except Rejected:
         raise
     except RecursionError:
