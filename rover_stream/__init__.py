@@ -35,10 +35,10 @@ from .extension import RoverStream
 from .files import send_file, send_from_directory
 from .hub import Hub, Message, Subscription
 from .limits import check_publish_rate
-from .metrics import METRICS_CHANNEL
+from .metrics import METRICS_CHANNEL, StreamingStats, streaming_stats
 from .pipe import FeedEnded, PipeClosed
 from .producers import add_producer
-from .runtime import StreamingStats, get_hub, get_runtime, publish, streaming_stats
+from .runtime import get_hub, get_runtime, publish
 from .sse import last_event_id, last_event_number, sse_response
 from .streaming import StreamingResponse, StreamingWriter, csv_response, ndjson_response
 from .wire.sse import Event, encode

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import __version__
 from . import settings as settings_module
+from .auth import mint_token
 from .client import (
     DEFAULT_URL,
     Client,
@@ -99,8 +100,6 @@ def _default_app(demo: bool) -> str:
 
 
 def _token(args: argparse.Namespace, extra: list[str]) -> int:
-    from .auth import mint_token
-
     secret = args.secret or os.environ.get(settings_module.PREFIX + "SECRET_KEY")
     if not secret or len(secret) < 32:
         print("rover-stream: a secret of at least 32 characters is needed: --secret or ROVER_SECRET_KEY.",

@@ -33,13 +33,14 @@ from .api import api
 from .body import close_unread_bodies
 from .cors import init_cors
 from .errors import ApiError, register_error_handlers
-from .hub import Hub
+from .hub import Hub, create_hub
 from .logs import init_logging, send_request_id
-from .metrics import publish_process_metrics
+from .metrics import ProcessMetrics, publish_process_metrics
 from .ops import ops
 from .producers import add_producer
 from .rooms import init_rooms, rooms_api
 from .runtime import EXTENSION_KEY, StreamRuntime, init_runtime
+from .streaming import close_unsent_bodies
 
 #: The name of the blueprint that holds every route the extension mounts (``url_for("rover_stream....")``).
 BLUEPRINT_NAME = "rover_stream"
@@ -80,7 +81,10 @@ class RoverStream:
         merged.update(config or {})
         settings = settings_module.load(merged)
         app.config.update({s.key: settings[s.name] for s in settings_module.SETTINGS})
-        runtime = init_runtime(app, settings)
+        runtime = init_runtime(app, settings, create_hub(settings))
+        runtime.count_with(ProcessMetrics(runtime))
+        # A body a view created but did not return (it raised after sse_response()) leaves the runtime.
+        app.teardown_request(close_unsent_bodies)
 
         blueprint = Blueprint(BLUEPRINT_NAME, __name__)
         for part in (ops, api, rooms_api):

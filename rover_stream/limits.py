@@ -16,6 +16,7 @@ from collections import OrderedDict
 from flask import current_app, request
 
 from .errors import ApiError
+from .runtime import get_runtime
 
 MAX_CLIENTS = 10_000
 
@@ -54,8 +55,6 @@ class RateLimiter:
 
 def check_publish_rate(claims: dict[str, object] | None = None) -> None:
     """Raise 429 when the current client publishes faster than ``ROVER_PUBLISH_RATE`` (0: no limit)."""
-    from .runtime import get_runtime
-
     runtime = get_runtime()
     rate: float = runtime.settings["PUBLISH_RATE"]
     if not rate:

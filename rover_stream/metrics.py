@@ -30,12 +30,13 @@ import os
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from flask import Flask
 
 from .hub.names import ROOM_PREFIX
-
-if TYPE_CHECKING:
-    from .runtime import StreamRuntime
+from .runtime import StreamRuntime, get_runtime
 
 #: Seconds between two syncs of a worker's counters into the shared metrics.
 SYNC_INTERVAL = 1.0
@@ -171,7 +172,7 @@ class ProcessMetrics:
 
     def released(self, body: Any, reason: str) -> None:
         kind = body.kind
-        unsynced = body.bytes_sent - getattr(body, "bytes_counted", 0)
+        unsynced = body.bytes_sent - body.bytes_counted
         with self._lock:
             self._open_delta[kind] = self._open_delta.get(kind, 0) - 1
             self._closed[kind, reason] = self._closed.get((kind, reason), 0) + 1
@@ -210,8 +211,8 @@ class ProcessMetrics:
                 if delta > 0:
                     m.hub[name].inc(delta)
                 self._synced_hub[attribute] = value
-            for body in list(runtime._open):
-                delta = body.bytes_sent - getattr(body, "bytes_counted", 0)
+            for body in runtime.open_bodies():
+                delta = body.bytes_sent - body.bytes_counted
                 if delta > 0:
                     m.bytes.inc(delta)
                     body.bytes_counted = body.bytes_sent
@@ -354,10 +355,77 @@ class ProcessSampler:
             return None
 
 
+@dataclass(frozen=True)
+class StreamingStats:
+    """What :func:`streaming_stats` returns: every worker's streams together (see :mod:`.metrics`)."""
+
+    active_streams: int
+    active_websockets: int
+    total_bytes_streamed: int
+    avg_throughput_mbps: float
+    connection_errors: int
+    streams_opened: int
+    streams_rejected: int
+    events_published: int
+    events_delivered: int
+    slow_clients_dropped: int
+    events_replayed: int
+    replay_resets: int
+    subscribers_per_channel: dict[str, int]
+    members_per_room: dict[str, int]
+    open_streams_per_worker: dict[str, int]
+    workers: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def streaming_stats(app: Flask | None = None) -> StreamingStats:
+    """See :func:`streaming_stats_of` (for the current app, or ``app``)."""
+    return streaming_stats_of(get_runtime(app))
+
+
+def streaming_stats_of(runtime: StreamRuntime) -> StreamingStats:
+    """``streaming_stats()`` (as the streaming guide names it), over every worker of this server: active streams (SSE,
+    downloads, WebSocket members), bytes streamed, the average throughput of a stream while it is open (megabits a
+    second), streams that ended in an error, the hub's counters, subscribers per channel, members per room. Counters
+    of other workers are at most ``metrics.SYNC_INTERVAL`` seconds old."""
+    runtime.metrics.sync()
+    samples = read_samples()
+    seconds = total(samples, "rover_stream_seconds_total") + sum(b.duration for b in runtime.open_bodies())
+    streamed = int(total(samples, "rover_stream_bytes_sent_total"))
+    per_worker: dict[str, int] = {}
+    for labels, value in samples.get("rover_streams_open", ()):
+        pid = labels.get("pid", str(os.getpid()))
+        per_worker[pid] = per_worker.get(pid, 0) + int(value)
+
+    def by(name: str, label: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for labels, value in samples.get(name, ()):
+            if value:
+                counts[labels[label]] = counts.get(labels[label], 0) + int(value)
+        return counts
+
+    hub = {name: int(total(samples, f"rover_{name}_total")) for name in
+           ("events_published", "events_delivered", "slow_clients_dropped", "events_replayed", "replay_resets")}
+    return StreamingStats(
+        active_streams=int(total(samples, "rover_streams_open")),
+        active_websockets=int(total(samples, "rover_streams_open", kind="websocket")),
+        total_bytes_streamed=streamed,
+        avg_throughput_mbps=round(streamed * 8 / 1e6 / seconds, 3) if seconds > 0 else 0.0,
+        connection_errors=int(total(samples, "rover_stream_errors_total")),
+        streams_opened=int(total(samples, "rover_streams_opened_total")),
+        streams_rejected=int(total(samples, "rover_streams_rejected_total")),
+        subscribers_per_channel=by("rover_channel_subscribers", "channel"),
+        members_per_room=by("rover_room_members", "room"),
+        open_streams_per_worker=per_worker,
+        workers=max(1, len({labels.get("pid") for labels, _ in samples.get("rover_worker_up", ())})),
+        **hub,
+    )
+
+
 def sample(runtime: StreamRuntime, sampler: ProcessSampler, requests_per_second: float) -> dict[str, Any]:
     """This worker's figures, and the server's stream statistics (every worker)."""
-    from .runtime import streaming_stats_of
-
     stats = streaming_stats_of(runtime)
     cpu = sampler.cpu_percent()
     sockets = sampler.open_sockets()
@@ -373,8 +441,8 @@ def sample(runtime: StreamRuntime, sampler: ProcessSampler, requests_per_second:
         "cpu_percent": cpu,
         "memory_mb": sampler.rss_mb(),
         "open_connections": sockets,
-        "open_streams": len(runtime._open),
-        "websocket_members": sum(1 for b in list(runtime._open) if getattr(b, "kind", "") == "websocket"),
+        "open_streams": runtime.open_streams,
+        "websocket_members": sum(1 for b in runtime.open_bodies() if b.kind == "websocket"),
         "active_streams": stats.active_streams,
         "total_bytes_streamed": stats.total_bytes_streamed,
         "avg_throughput_mbps": stats.avg_throughput_mbps,

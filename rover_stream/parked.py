@@ -28,17 +28,25 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+import weakref
+from typing import Any, Protocol
 
 from werkzeug.http import http_date
 
 from .concurrency import MIN_PROGRESS, bytes_taken, gevent_active, on_peer_close, unacknowledged
 from .pipe import FeedEnded
+from .runtime import StreamRuntime
 from .wire.sse import HEARTBEAT
 
-if TYPE_CHECKING:
-    from .runtime import StreamRuntime
-    from .sse import EventStreamBody
+
+class ParkableBody(Protocol):
+    """What the lot needs of a parked stream's body (:class:`rover_stream.sse.EventStreamBody`, a room
+    member): its feed, its byte count, and being told when the connection ended."""
+
+    feed: Any
+    bytes_sent: int
+
+    def close_parked(self, reason: str) -> None: ...
 
 log = logging.getLogger("rover_stream.parked")
 
@@ -222,7 +230,7 @@ class ParkingLot:
         self._read_ready = threading.Event()
         self._reader: Any = None
 
-    def park(self, body: EventStreamBody, sock: Any, head: bytes) -> ParkedStream:
+    def park(self, body: ParkableBody, sock: Any, head: bytes) -> ParkedStream:
         return self.add(ParkedStream(self, body, sock, head))
 
     def add(self, stream: ParkedStream) -> ParkedStream:
@@ -324,3 +332,13 @@ class ParkingLot:
             stream.finish(final)
 
 
+_LOTS: weakref.WeakKeyDictionary[StreamRuntime, ParkingLot] = weakref.WeakKeyDictionary()
+
+
+def parking_lot(runtime: StreamRuntime) -> ParkingLot:
+    """The parked streams of ``runtime``'s app in this worker (made on first use, in the worker: never
+    before a fork)."""
+    lot = _LOTS.get(runtime)
+    if lot is None:
+        lot = _LOTS[runtime] = ParkingLot(runtime)
+    return lot

@@ -30,14 +30,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from flask import Flask
 
 from .concurrency import Task
-
-if TYPE_CHECKING:
-    from flask import Flask
-
-    from .runtime import StreamRuntime
+from .runtime import StreamRuntime, get_runtime
 
 log = logging.getLogger("rover_stream.producers")
 
@@ -196,8 +194,6 @@ class _Lease:
 def add_producer(app: Flask, name: str, run: Callable[[threading.Event], Any], *,
                  scope: str = "deployment") -> Producer:
     """Register ``run(stop)`` as a producer of ``app`` (see the module's documentation)."""
-    from .runtime import get_runtime
-
     runtime = get_runtime(app)
     if name in runtime.producers:
         raise ValueError(f"a producer named {name!r} is already registered")

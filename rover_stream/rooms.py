@@ -51,7 +51,7 @@ from .auth import presented_claims, require
 from .errors import ApiError, ServiceUnavailable
 from .hub import Subscription, validate_channel
 from .hub.names import guarded_names, room_channel
-from .parked import ParkedStream
+from .parked import ParkedStream, parking_lot
 from .runtime import StreamRuntime, get_runtime
 from .wire.untrusted import Rejected, parse_json
 from .wire.websocket import close_frame, text_frame
@@ -341,6 +341,8 @@ class Member:
         self.user = user
         self.presence = presence
         self.bytes_sent = 0
+        self.bytes_counted = 0
+        self.log_context: dict[str, Any] = {}
         self.handed_over = True
         self._opened_at = time.monotonic()
         self.written = threading.Event()
@@ -358,7 +360,7 @@ class Member:
         self.parked: ParkedMember | None = None
         self.input_open = True
         try:
-            runtime.admit(self)  # type: ignore[arg-type]
+            runtime.admit(self)
         except BaseException:
             self.feed.close()  # refused (shutting down, at the cap): leave the hub again
             raise
@@ -563,7 +565,7 @@ def comms(ws: Any, team_channel: str) -> None:
         code = CLOSE_GOING_AWAY if runtime.shutting_down else CLOSE_TRY_LATER
         ws.close(reason=code, message=exc.message.encode()[:120].decode(errors="ignore"))
         return
-    lot = runtime.parking_lot()
+    lot = parking_lot(runtime)
     parked = ParkedMember(lot, member, sock)
     lot.add(parked)
     member.parked = parked

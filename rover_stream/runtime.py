@@ -9,29 +9,86 @@ lock: under gevent nothing preempts between two bytecodes of ours, and under rea
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import weakref
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from flask import Flask, current_app, g
+from flask import Flask, current_app
 
 from . import signals
 from .errors import ServiceUnavailable
-from .hub import Hub, MemoryEngine
-from .hub.names import ROOM_PREFIX
+from .hub import Hub
 from .logs import stream_context
-from .metrics import ProcessMetrics
-from .parked import ParkingLot
-from .producers import Producer
 from .settings import Settings
 
 log = logging.getLogger("rover_stream.runtime")
 
-if TYPE_CHECKING:
-    from .streaming import StreamBody
+
+class Stream(Protocol):
+    """What the runtime needs of a stream's body (:class:`rover_stream.streaming.StreamBody`, a room member)."""
+
+    kind: str
+    bytes_sent: int
+    bytes_counted: int
+    log_context: dict[str, Any]
+
+    @property
+    def duration(self) -> float: ...
+
+    def wake(self) -> None: ...
+
+    def force_close(self) -> None: ...
+
+
+class StreamCounters(Protocol):
+    """What the runtime tells the metrics (:class:`rover_stream.metrics.ProcessMetrics`), and what the
+    parts above read of them."""
+
+    requests: int
+    latency: Any
+
+    def opened(self, kind: str) -> None: ...
+
+    def rejected(self, reason: str) -> None: ...
+
+    def released(self, body: Any, reason: str) -> None: ...
+
+    def count_request(self) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def run_sync(self, stop: threading.Event) -> None: ...
+
+
+class Background(Protocol):
+    """A producer (:class:`rover_stream.producers.Producer`), as the runtime starts and stops it."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = ...) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class _Uncounted:
+    """The counters of a runtime that has none attached (a bare runtime in a unit test)."""
+
+    requests = 0
+    latency = None
+
+    def opened(self, kind: str) -> None: ...
+
+    def rejected(self, reason: str) -> None: ...
+
+    def released(self, body: Any, reason: str) -> None: ...
+
+    def count_request(self) -> None:
+        self.requests += 1
+
+    def sync(self) -> None: ...
+
+    def run_sync(self, stop: threading.Event) -> None: ...
 
 EXTENSION_KEY = "rover_stream"
 
@@ -47,8 +104,7 @@ class StreamRuntime:
         self.hub = hub
         self.max_streams = settings.max_streams
         self.shutting_down = False
-        self._open: set[StreamBody] = set()
-        self._parking_lot: ParkingLot | None = None
+        self._open: set[Stream] = set()
         self.started_at = time.time()
         self.streams_opened = 0
         self.streams_rejected = 0
@@ -56,10 +112,14 @@ class StreamRuntime:
         self.stream_errors = 0
         self.stream_seconds = 0.0  # summed durations of the streams that ended
         self.body_readers = 0  # requests reading their body now (rover_stream.body)
-        self.producers: dict[str, Producer] = {}
+        self.producers: dict[str, Background] = {}
         self.producers_started = False
-        self.metrics = ProcessMetrics(self)
+        #: The metrics this runtime reports to (attached with :meth:`count_with`).
+        self.metrics: StreamCounters = _Uncounted()
         _RUNTIMES.add(self)
+
+    def count_with(self, metrics: StreamCounters) -> None:
+        self.metrics = metrics
 
     def start_producers(self) -> None:
         """Start the registered producers (once; in the worker, never before a fork)."""
@@ -72,17 +132,15 @@ class StreamRuntime:
         for producer in list(self.producers.values()):
             producer.stop()
 
-    def parking_lot(self) -> ParkingLot:
-        """The worker's parked streams (created on first use, in the worker: never before a fork)."""
-        if self._parking_lot is None:
-            self._parking_lot = ParkingLot(self)
-        return self._parking_lot
-
     @property
     def open_streams(self) -> int:
         return len(self._open)
 
-    def admit(self, body: StreamBody) -> None:
+    def open_bodies(self) -> list[Stream]:
+        """The streams open now (a copy: they come and go while the caller looks)."""
+        return list(self._open)
+
+    def admit(self, body: Stream) -> None:
         """Register a new stream, or refuse it with 503 (cap reached or shutting down)."""
         if self.shutting_down:
             self._reject(body, "The server is shutting down; reconnect in a moment.", "shutting_down")
@@ -99,13 +157,13 @@ class StreamRuntime:
         self.metrics.opened(body.kind)
         signals.emit(signals.stream_opened, body, kind=body.kind)
 
-    def _reject(self, body: StreamBody, message: str, code: str) -> None:
+    def _reject(self, body: Stream, message: str, code: str) -> None:
         self.streams_rejected += 1
         self.metrics.rejected(code)
         signals.emit(signals.stream_rejected, body, reason=code)
         raise ServiceUnavailable(message, code=code, retry_after=max(1, self.settings["RETRY_MS"] // 1000))
 
-    def release(self, body: StreamBody, reason: str) -> None:
+    def release(self, body: Stream, reason: str) -> None:
         if body not in self._open:
             return  # released once only
         self._open.discard(body)
@@ -145,105 +203,8 @@ class StreamRuntime:
         }
 
 
-@dataclass(frozen=True)
-class StreamingStats:
-    """What :func:`streaming_stats` returns: every worker's streams together (see :mod:`.metrics`)."""
-
-    active_streams: int
-    active_websockets: int
-    total_bytes_streamed: int
-    avg_throughput_mbps: float
-    connection_errors: int
-    streams_opened: int
-    streams_rejected: int
-    events_published: int
-    events_delivered: int
-    slow_clients_dropped: int
-    events_replayed: int
-    replay_resets: int
-    subscribers_per_channel: dict[str, int]
-    members_per_room: dict[str, int]
-    open_streams_per_worker: dict[str, int]
-    workers: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def streaming_stats(app: Flask | None = None) -> StreamingStats:
-    """See :func:`streaming_stats_of` (for the current app, or ``app``)."""
-    return streaming_stats_of(get_runtime(app))
-
-
-def streaming_stats_of(runtime: StreamRuntime) -> StreamingStats:
-    """``streaming_stats()`` (as the streaming guide names it), over every worker of this server: active streams (SSE,
-    downloads, WebSocket members), bytes streamed, the average throughput of a stream while it is open (megabits a
-    second), streams that ended in an error, the hub's counters, subscribers per channel, members per room. Counters
-    of other workers are at most ``metrics.SYNC_INTERVAL`` seconds old."""
-    from .metrics import read_samples, total
-
-    runtime.metrics.sync()
-    samples = read_samples()
-    seconds = total(samples, "rover_stream_seconds_total") + sum(b.duration for b in list(runtime._open))
-    streamed = int(total(samples, "rover_stream_bytes_sent_total"))
-    per_worker: dict[str, int] = {}
-    for labels, value in samples.get("rover_streams_open", ()):
-        pid = labels.get("pid", str(os.getpid()))
-        per_worker[pid] = per_worker.get(pid, 0) + int(value)
-
-    def by(name: str, label: str) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for labels, value in samples.get(name, ()):
-            if value:
-                counts[labels[label]] = counts.get(labels[label], 0) + int(value)
-        return counts
-
-    hub = {name: int(total(samples, f"rover_{name}_total")) for name in
-           ("events_published", "events_delivered", "slow_clients_dropped", "events_replayed", "replay_resets")}
-    return StreamingStats(
-        active_streams=int(total(samples, "rover_streams_open")),
-        active_websockets=int(total(samples, "rover_streams_open", kind="websocket")),
-        total_bytes_streamed=streamed,
-        avg_throughput_mbps=round(streamed * 8 / 1e6 / seconds, 3) if seconds > 0 else 0.0,
-        connection_errors=int(total(samples, "rover_stream_errors_total")),
-        streams_opened=int(total(samples, "rover_streams_opened_total")),
-        streams_rejected=int(total(samples, "rover_streams_rejected_total")),
-        subscribers_per_channel=by("rover_channel_subscribers", "channel"),
-        members_per_room=by("rover_room_members", "room"),
-        open_streams_per_worker=per_worker,
-        workers=max(1, len({labels.get("pid") for labels, _ in samples.get("rover_worker_up", ())})),
-        **hub,
-    )
-
-
-def make_hub(settings: Settings) -> Hub:
-    """The hub the settings ask for: on Redis with ``ROVER_REDIS_URL``, else in this process."""
-    # A room keeps the messages it sends to members that join; every other channel HISTORY_SIZE events.
-    sizes = {ROOM_PREFIX: settings["ROOM_HISTORY"]}
-    engine: Any
-    if settings["REDIS_URL"]:
-        from .hub.redis_engine import RedisEngine
-
-        engine = RedisEngine(settings["REDIS_URL"], history_size=settings["HISTORY_SIZE"],
-                             history_ttl=settings["HISTORY_TTL"], prefix=settings["REDIS_PREFIX"],
-                             timeout=settings["REDIS_TIMEOUT"], history_sizes=sizes)
-    else:
-        engine = MemoryEngine(settings["HISTORY_SIZE"], settings["HISTORY_TTL"], sizes)
-    return Hub(engine, queue_size=settings["SUBSCRIBER_QUEUE_SIZE"], policy=settings["SLOW_CLIENT_POLICY"],
-               max_channels=settings["MAX_CHANNELS"], max_channels_per_stream=settings["MAX_CHANNELS_PER_STREAM"])
-
-
-def _close_unsent_bodies(exc: BaseException | None) -> None:
-    from .streaming import PENDING_KEY
-
-    for body in g.pop(PENDING_KEY, ()):
-        if not body.handed_over:
-            body.close()
-
-
-def init_runtime(app: Flask, settings: Settings) -> StreamRuntime:
-    runtime = StreamRuntime(settings, make_hub(settings))
-    app.teardown_request(_close_unsent_bodies)
+def init_runtime(app: Flask, settings: Settings, hub: Hub) -> StreamRuntime:
+    runtime = StreamRuntime(settings, hub)
     app.before_request(runtime.start_producers)  # outside gunicorn: on the first request
     app.extensions[EXTENSION_KEY] = runtime
     # A bound method is held weakly; the app keeps the runtime alive for as long as the app lives.

@@ -29,7 +29,7 @@ from flask import Response, current_app, request
 
 from .concurrency import Task, on_peer_close, spawn
 from .errors import ServiceUnavailable
-from .parked import PROBE_INTERVAL, PROBE_WRITES, can_park, response_head
+from .parked import PROBE_INTERVAL, PROBE_WRITES, can_park, parking_lot, response_head
 from .pipe import Feed, FeedEnded, Pipe, PipeClosed
 from .runtime import StreamRuntime, get_runtime
 from .streaming import StreamBody, StreamingResponse
@@ -187,7 +187,7 @@ class EventStreamBody(StreamBody):
         head = response_head(response.status, list(response.get_wsgi_headers(environ).items()))
         head += encode(retry=self.retry) if self.retry is not None else HEARTBEAT
         self.started = True
-        self._parked = self.runtime.parking_lot().park(self, self.client_socket, head)
+        self._parked = parking_lot(self.runtime).park(self, self.client_socket, head)
         self._tune_socket(self.client_socket)
         return ALREADY_HANDLED
 

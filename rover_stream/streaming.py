@@ -31,6 +31,14 @@ log = logging.getLogger("rover_stream.stream")
 #: Where the bodies created during a request wait to be handed to the server (in ``flask.g``).
 PENDING_KEY = "_rover_stream_bodies"
 
+def close_unsent_bodies(exc: BaseException | None) -> None:
+    """``teardown_request``: close the bodies a view created but did not return (an exception after
+    ``sse_response()``, say), so that they leave the runtime."""
+    for body in g.pop(PENDING_KEY, ()):
+        if not body.handed_over:
+            body.close()
+
+
 #: Items the pipe holds per batch size before a writer blocks: how far a writer may run ahead of the socket.
 PIPE_BATCHES = 4
 
@@ -56,8 +64,10 @@ class StreamBody:
     def __init__(self, runtime: StreamRuntime) -> None:
         self.runtime = runtime
         self.bytes_sent = 0
+        self.bytes_counted = 0  # of bytes_sent, what the metrics have counted (rover_stream.metrics)
+        self.log_context: dict[str, Any] = {}  # what its log lines say of its request (set on admission)
         self.started = False
-        self.handed_over = False  # set when the WSGI server received the body; see runtime.py
+        self.handed_over = False  # set when the WSGI server received the body; see close_unsent_bodies
         self._opened_at = time.monotonic()
         self._closed = False
         self._end_reason = "disconnect"

@@ -15,10 +15,12 @@ with ``Last-Event-ID`` gets exactly what it missed from history, then live event
 duplicate; an id the history cannot honour gets an ``event: reset`` first (see :mod:`.subscription`).
 """
 
+from .factory import create_hub
 from .hub import Hub, PublishResult
 from .memory import MemoryEngine
 from .message import Message
 from .names import is_private, validate_channel
 from .subscription import Subscription
 
-__all__ = ["Hub", "MemoryEngine", "Message", "PublishResult", "Subscription", "is_private", "validate_channel"]
+__all__ = ["Hub", "MemoryEngine", "Message", "PublishResult", "Subscription", "create_hub", "is_private",
+           "validate_channel"]

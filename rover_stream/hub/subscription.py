@@ -23,13 +23,21 @@ import json
 import queue
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..pipe import FeedEnded
 from .message import ORIGIN, Key, Message, format_id
 
-if TYPE_CHECKING:
-    from .hub import Hub
+
+class Owner(Protocol):
+    """What a subscription needs of the hub that made it (:class:`~rover_stream.hub.Hub`): counters it
+    adds to, the hint that publishing should let the writers run, and leaving."""
+
+    crowded: bool
+    handed_out: int
+    replayed_out: int
+
+    def unsubscribe(self, subscription: Subscription, reason: str = "closed") -> None: ...
 
 _WAKE = object()
 _ids = itertools.count(1)
@@ -41,7 +49,7 @@ REPLAY_BATCH = 256
 class Subscription:
     """Created by :meth:`Hub.subscribe`; pass it to :func:`rover_stream.sse_response`."""
 
-    def __init__(self, hub: Hub, channels: tuple[str, ...], queue_size: int, policy: str,
+    def __init__(self, hub: Owner, channels: tuple[str, ...], queue_size: int, policy: str,
                  format: str = "sse") -> None:
         self.id = next(_ids)
         self.hub = hub

@@ -12,10 +12,13 @@ parked streams have sent their final event or close frame: :meth:`Worker.run` wa
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from gunicorn.workers.base_async import ALREADY_HANDLED
 from gunicorn.workers.ggevent import GeventWorker
+
+from ..runtime import drain_streams
 
 #: Longest wait for parked streams to end after the server stopped (they are cut after FORCE_CLOSE_AFTER).
 DRAIN_TIMEOUT = 3.0
@@ -23,8 +26,6 @@ DRAIN_TIMEOUT = 3.0
 
 class Worker(GeventWorker):
     def init_process(self) -> None:
-        import logging
-
         # Every log record asks for its thread's name, and under gevent each greenlet that logs gets a
         # dummy Thread object made for it: a tenth of the cost of a stream's two log lines. Greenlets are
         # all one thread, so the name says nothing; records here carry none (%(threadName)s is empty).
@@ -33,8 +34,6 @@ class Worker(GeventWorker):
 
     def run(self) -> None:
         super().run()
-        from ..runtime import drain_streams
-
         left = drain_streams(DRAIN_TIMEOUT)
         if left:
             self.log.warning("%d streams were still open at exit", left)
