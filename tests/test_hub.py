@@ -126,7 +126,8 @@ def test_replay_exact_under_concurrent_publishing_and_random_reconnects() -> Non
         assert r == list(range(total)), "gap or duplicate"
 
 
-@pytest.mark.parametrize("last_event_id", ["garbage", "1-1", "99999999999999-5"])
+@pytest.mark.parametrize("last_event_id", ["garbage", "1-1", "99999999999999-5", "99999999999999999999-1",
+                                           f"1-{2**64}", "1-\u00b2", "\u0661-1"])
 def test_unknown_id_gets_a_reset_then_the_history(last_event_id: str) -> None:
     hub = make_hub()
     for i in range(3):

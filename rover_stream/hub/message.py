@@ -9,17 +9,34 @@ from ..wire.sse import encode
 from ..wire.websocket import text_frame
 
 Key = tuple[int, int]
-"""An id as a comparable pair: ``"1795263245123-17"`` is ``(1795263245123, 17)``."""
+"""An id as a comparable pair: ``"1795263245123-17"`` is ``(1795263245123, 17)``: the channel's *epoch*
+(a name for this run of its history: when it began, in ms in-process, in µs on Redis) and the event's
+number in that history, from 1. Both engines give out such ids, which are also valid Redis Stream ids."""
 
 #: The cursor of a client that has seen nothing: every message id is above it.
 ORIGIN: Key = (0, 0)
 
+#: The largest value of either part of an id: what a Redis Stream id can hold.
+ID_PART_MAX = 2**64 - 1
+#: The most digits either part may have (``ID_PART_MAX`` has 20).
+_DIGITS = 20
+
 
 def parse_id(text: str) -> Key | None:
-    first, dash, second = text.partition("-")
-    if not dash or not first.isdigit() or not second.isdigit() or len(text) > 41:
+    """The id ``text`` (``<epoch>-<number>``, both ASCII decimal, each below 2**64) as a Key, or None when it
+    is anything else: the one parser of the ids clients send back (``Last-Event-ID``, cursors, ``after=``).
+    An id it refuses is one the server cannot honour (the hub answers it with ``event: reset``, never an
+    error); every id it accepts is a valid Redis Stream id."""
+    if not isinstance(text, str) or len(text) > 2 * _DIGITS + 1:
         return None
-    return int(first), int(second)
+    first, dash, second = text.partition("-")
+    if (not dash or not first or not second or len(first) > _DIGITS or len(second) > _DIGITS
+            or not first.isascii() or not second.isascii() or not first.isdigit() or not second.isdigit()):
+        return None
+    key = int(first), int(second)
+    if key[0] > ID_PART_MAX or key[1] > ID_PART_MAX:
+        return None
+    return key
 
 
 def format_id(key: Key) -> str:

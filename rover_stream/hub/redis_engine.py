@@ -5,18 +5,35 @@ at ``HISTORY_SIZE`` entries, but never below :data:`READER_FLOOR`, the readers' 
 most ``HISTORY_SIZE``; the stream expires ``HISTORY_TTL`` after its last event) and the stream id is the
 event id, so a client can resume with ``Last-Event-ID`` on any worker of any host, and after a restart.
 
+**Epochs.** The stream id is ``<epoch>-<n>``, as in the in-process engine: ``n`` numbers the channel's
+events 1, 2, 3... and the *epoch* names this run of its history. Both live in a hash beside the stream,
+``<prefix>epoch:<channel>`` (fields ``e`` and ``n``), which the publishing script creates with the first
+entry, in the same step, with a new epoch: Redis's clock in microseconds, above every id the stream ever had
+(so ids keep increasing across epochs). The hash expires with the stream, and lives on while any worker has
+subscribers to the channel (one created by a subscriber, before any event, lives seconds unless someone
+stays subscribed). When Redis loses a channel (restarted without persistence, flushed, the keys
+evicted), its next event starts a new epoch; a client whose ``Last-Event-ID`` names another epoch than the
+channel's gets ``event: reset`` (``unknown``) and the history, never a silent hole. Within the epoch the
+numbers make a replay exact: a client at ``n`` must be given ``n + 1`` first, and when the history has lost
+it the reset (``expired``) says how many events are gone. Subscribing to a channel without one creates its
+epoch, so that even the position ``<epoch>-0`` of a client that saw nothing can be checked later. A reader
+that meets a new epoch while its subscribers are connected goes on with it (ids keep increasing, nothing is
+taken for a duplicate) and logs it: what Redis forgot before this worker read it cannot be known, and only
+persistence (``appendonly yes``) prevents that loss.
+
 Each worker process runs **one reader**: a greenlet that ``XREAD``\\ s every channel with local subscribers,
 from the last id it delivered, and fans each entry out through :meth:`Hub.deliver`, exactly as the
 in-process engine does. Redis connections per worker stay constant whatever the number of clients: the
 reader's, plus a small bounded pool for publishing and history. When Redis goes away the reader retries
 with backoff and resumes from its last delivered ids (nothing that reached Redis is lost or sent twice);
-publishing meanwhile fails fast with :class:`~rover_stream.errors.ServiceUnavailable` (503).
+publishing meanwhile fails fast with :class:`~rover_stream.errors.ServiceUnavailable` (503
+``redis_unavailable``). An error *reply* (out of memory, read-only replica, a key of the wrong type) is not
+an outage: the request fails with 503 ``redis_error`` and Redis is not marked down.
 
 The stream entry holds the event's SSE body, built once by the publisher (``b``), its data as JSON (``d``),
-its event type (``e``) and its number in the channel (``n``, from a counter ``<prefix>seq:<channel>`` that
-the same script increments, so that the two cannot disagree). The numbers let the reader notice a *gap*:
-entries trimmed from the stream before this worker read them (its reader was away or behind for longer
-than the history lasts). The channel's local subscribers are then ended with reason ``history_gap``: they
+its event type (``e``) and when Redis stored it (``t``, ms). The numbers in the ids let the reader notice a
+*gap*: entries trimmed from the stream before this worker read them (its reader was away or behind for
+longer than the history lasts). The channel's local subscribers are then ended with reason ``history_gap``: they
 reconnect with their ``Last-Event-ID`` and get an ``event: reset`` and what the history still holds,
 instead of a silent hole. A reader that lost Redis is woken as soon as a publish gets through again, so it
 resumes within milliseconds of Redis's return, long before the history could be overrun. Subscriber
@@ -58,19 +75,117 @@ POOL_SIZE = 8
 READER_FLOOR = 1000
 #: Seconds between refreshes of a channel's stream expiry and subscriber count when publishing.
 REFRESH_EVERY = 1.0
+#: Seconds a channel's epoch lives at least while a worker has subscribers to it (renewed every
+#: COUNT_REFRESH): an epoch created by a subscriber, for a channel without events, lives no longer.
+EPOCH_KEEP = int(3 * COUNT_REFRESH) + 1
 
-#: Publishing: number the event and append it in one step; every REFRESH_EVERY also renew the expiry of the
-#: stream and its counter (together, so that they expire together) and read the subscriber counts.
-#: KEYS: stream, counter, subscriber counts. ARGV: maxlen (approximate), ttl (0: no refresh), body, data, event.
-PUBLISH_SCRIPT = """
-local n = redis.call('INCR', KEYS[2])
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'b', ARGV[3], 'd', ARGV[4], 'e', ARGV[5], 'n', n)
-if ARGV[2] ~= '0' then
+#: Lua shared by the scripts (KEYS[1] is the channel's stream): Redis's clock in microseconds, and a new
+#: epoch for the channel: that clock, but above every id its stream ever had (entries may outlive their
+#: epoch's hash: an eviction, a key deleted by hand, entries from a version without epochs), so that ids
+#: keep increasing. Microseconds: two runs of a channel's history never start within the same one.
+_LUA_EPOCHS = """
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function new_epoch(now)
+  local epoch = now
+  local info = redis.pcall('XINFO', 'STREAM', KEYS[1])
+  if type(info) == 'table' and not info.err then
+    for i = 1, #info - 1, 2 do
+      if info[i] == 'last-generated-id' then
+        local top = tonumber(string.match(info[i + 1], '^(%d+)'))
+        if top and top >= epoch then epoch = top + 1 end
+      end
+    end
+  end
+  return string.format('%.0f', epoch)
+end
+"""
+
+#: Publishing: number the event and append it as ``<epoch>-<n>``, in one step. The first event of a
+#: channel (or the first after Redis lost it) starts a new epoch. Every REFRESH_EVERY, and whenever an epoch
+#: starts or the stream was created, renew the expiry of the stream and its epoch (together, so that they
+#: expire together); every REFRESH_EVERY also read the subscriber counts.
+#: KEYS: stream, epoch, subscriber counts. ARGV: maxlen (approximate), ttl, refresh ("1"), body, data, event.
+#: Returns {id, time in ms[, counts]}.
+PUBLISH_SCRIPT = _LUA_EPOCHS + """
+local now = now_us()
+local t = string.format('%.0f', math.floor(now / 1000))
+local n = redis.call('HINCRBY', KEYS[2], 'n', 1)
+local e = redis.call('HGET', KEYS[2], 'e')
+local renew = ARGV[3] == '1'
+if not e then
+  e = new_epoch(now)
+  n = 1
+  redis.call('HSET', KEYS[2], 'e', e, 'n', 1)
+  renew = true
+end
+local id = e .. '-' .. string.format('%.0f', n)
+local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 'b', ARGV[4], 'd', ARGV[5], 'e', ARGV[6], 't', t)
+if type(added) == 'table' and added.err then
+  if not string.find(added.err, 'smaller', 1, true) then
+    return added
+  end
+  -- The stream is ahead of this epoch (its hash was lost, or edited): start a new one.
+  e = new_epoch(now)
+  id = e .. '-1'
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 'b', ARGV[4], 'd', ARGV[5], 'e', ARGV[6], 't', t)
+  redis.call('HSET', KEYS[2], 'e', e, 'n', 1)
+  renew = true
+end
+if renew or redis.call('TTL', KEYS[1]) == -1 then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[2])
-  return {id, redis.call('HGETALL', KEYS[3])}
 end
-return {id}
+if ARGV[3] == '1' then
+  return {id, t, redis.call('HGETALL', KEYS[3])}
+end
+return {id, t}
+"""
+
+#: The head of a channel for a new subscriber: its epoch and the number of its newest event, the epoch
+#: created now if the channel has none (with no event yet, living EPOCH_KEEP seconds, kept alive by the
+#: subscribers' workers), so that the position ``<epoch>-0`` given to a client that has seen nothing can be
+#: checked when it comes back.
+#: KEYS: stream, epoch. ARGV: seconds the new epoch lives. Returns {epoch, n}.
+HEAD_SCRIPT = _LUA_EPOCHS + """
+local state = redis.call('HMGET', KEYS[2], 'e', 'n')
+if state[1] then
+  return {state[1], state[2] or '0'}
+end
+local e = new_epoch(now_us())
+redis.call('HSET', KEYS[2], 'e', e, 'n', 0)
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return {e, '0'}
+"""
+
+#: A replay: the channel's epoch and newest number, and its newest entries (at most ARGV[3]), only those
+#: after the client's id when that id belongs to the channel's epoch (and was given out).
+#: KEYS: stream, epoch. ARGV: the epoch and number of the client's id ("" and "0": none), count.
+#: Returns {epoch or nil, n, entries newest first}.
+AFTER_SCRIPT = """
+local state = redis.call('HMGET', KEYS[2], 'e', 'n')
+local e, n = state[1], state[2] or '0'
+local low = '-'
+if e and ARGV[1] == e and tonumber(ARGV[2]) <= tonumber(n) then
+  low = '(' .. e .. '-' .. ARGV[2]
+end
+return {e, n, redis.call('XREVRANGE', KEYS[1], '+', low, 'COUNT', ARGV[3])}
+"""
+
+#: The epochs of the channels a worker has subscribers to live at least ARGV[1] seconds more; never
+#: shortened (a stream's epoch must outlive it), never created.
+#: KEYS: epochs. ARGV: seconds.
+KEEP_SCRIPT = """
+local keep = tonumber(ARGV[1])
+for _, key in ipairs(KEYS) do
+  local ttl = redis.call('TTL', key)
+  if ttl >= 0 and ttl < keep then
+    redis.call('EXPIRE', key, keep)
+  end
+end
+return 0
 """
 
 
@@ -111,10 +226,15 @@ class RedisEngine:
         self._local: dict[str, int] = {}  # channel -> local subscribers (absent when none)
         self._synced: set[str] = set()  # channels whose count this worker has written to Redis
         self._counts_dirty = threading.Event()
-        self._numbers: dict[str, int] = {}  # channel -> number (``n``) of the last entry the reader read
+        self._last: dict[str, Key] = {}  # channel -> id of the last entry the reader read (or its start)
+        self._epoch_changes = 0  # times the reader saw a channel's epoch change (logged at most every 10 s)
+        self._epoch_logged = 0.0
         self._reader_up = False
         self._retry_now = threading.Event()  # ends the reader's backoff early: Redis answered a publish
         self._publish_script: Any = self._redis.register_script(PUBLISH_SCRIPT)
+        self._head_script: Any = self._redis.register_script(HEAD_SCRIPT)
+        self._after_script: Any = self._redis.register_script(AFTER_SCRIPT)
+        self._keep_script: Any = self._redis.register_script(KEEP_SCRIPT)
         self._control = f"{self.prefix}ctl:{self.worker_id}"
         self._refreshed: dict[str, float] = {}  # channel -> when its expiry and count were last refreshed
         self._subscribers: dict[str, int] = {}  # channel -> subscribers in all workers, as last read
@@ -138,11 +258,25 @@ class RedisEngine:
     def _key(self, channel: str) -> str:
         return f"{self.prefix}ch:{channel}"
 
+    def _epoch_key(self, channel: str) -> str:
+        return f"{self.prefix}epoch:{channel}"
+
+    def _ttl(self) -> int:
+        return max(1, int(self.history_ttl))
+
     def _unavailable(self, exc: Exception) -> ServiceUnavailable:
+        """Redis cannot be reached (no connection, a timeout): /health says so until it answers again."""
         self.connected = False
         self.last_error = f"{type(exc).__name__}: {exc}"
         return ServiceUnavailable(f"The event store (Redis) is unreachable: {exc}. Try again shortly.",
                                   code="redis_unavailable", retry_after=2)
+
+    def _refused(self, exc: Exception, doing: str) -> ServiceUnavailable:
+        """Redis answered with an error reply (out of memory, read-only, a key of the wrong type...): it is
+        reachable, so nothing is marked down; the request fails with 503 ``redis_error``."""
+        log.error("Redis refused %s: %s", doing, exc)
+        return ServiceUnavailable(f"The event store (Redis) refused the request: {exc}. Try again shortly.",
+                                  code="redis_error", retry_after=2)
 
     # -- publishing ------------------------------------------------------------------------------------------
 
@@ -156,84 +290,89 @@ class RedisEngine:
         # The stream's expiry and the subscriber count are refreshed once a second per channel, not per event.
         refresh = self._refreshed.get(channel, 0.0) + REFRESH_EVERY <= now
         keep = max(self.size_for(channel), READER_FLOOR)
-        ttl = max(1, int(self.history_ttl)) if refresh else 0
         try:
             answer = self._publish_script(
-                keys=[self._key(channel), f"{self.prefix}seq:{channel}", f"{self.prefix}subs:{channel}"],
-                args=[keep, ttl, body, data_json, event or ""])
+                keys=[self._key(channel), self._epoch_key(channel), f"{self.prefix}subs:{channel}"],
+                args=[keep, self._ttl(), "1" if refresh else "0", body, data_json, event or ""])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unavailable(exc) from None
+        except redis.ResponseError as exc:
+            raise self._refused(exc, f"a publish on {channel}") from None
         self.connected = True
         if not self._reader_up:
             self._retry_now.set()  # Redis is back: the reader need not wait out its backoff
         if refresh:
             self._refreshed[channel] = now
-            flat = answer[1]
+            flat = answer[2]
             self._subscribers[channel] = _sum_counts(dict(zip(flat[::2], flat[1::2], strict=True)))
-        message = self._message(channel, answer[0], body, data_json.encode(), (event or "").encode())
+        message = self._message(channel, answer[0], body, data_json.encode(), (event or "").encode(), answer[1])
         return message, self._subscribers.get(channel, 0)
 
-    def _message(self, channel: str, stream_id: bytes | str, body: bytes, data: bytes, event: bytes) -> Message:
+    def _message(self, channel: str, stream_id: bytes | str, body: bytes, data: bytes, event: bytes,
+                 stored_ms: bytes | None) -> Message:
+        """A stream entry as a Message; ``stored_ms`` is its ``t`` field (absent from entries written by a
+        version without epochs, whose ids began with the time)."""
         text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
         key = parse_id(text)
         assert key is not None, text
-        return Message(channel, key, event.decode() or None, None, body, key[0] / 1000, data_json=data)
+        when = int(stored_ms) / 1000 if stored_ms is not None else key[0] / 1000
+        return Message(channel, key, event.decode() or None, None, body, when, data_json=data)
 
     # -- subscribing -----------------------------------------------------------------------------------------
 
     def head(self, channel: str) -> Key:
-        """The id of the channel's newest event (0-0 when it has none)."""
+        """The id of the channel's newest event: ``<epoch>-<n>``, ``<epoch>-0`` before its first (the
+        channel's epoch is created now if it has none)."""
         import redis
 
         self._ensure_started()
         try:
-            newest = self._redis.xrevrange(self._key(channel), count=1)
+            epoch, number = self._head_script(keys=[self._key(channel), self._epoch_key(channel)],
+                                              args=[EPOCH_KEEP])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unavailable(exc) from None
-        if not newest:
-            return (0, 0)
-        key = parse_id(bytes(newest[0][0]).decode())
-        return key or (0, 0)
+        except redis.ResponseError as exc:
+            raise self._refused(exc, f"the head of {channel}") from None
+        return int(epoch), int(number)
 
     def after(self, channel: str, key: Key | None) -> Replay:
-        """The retained events after ``key``, or a reset when ``key`` cannot be honoured."""
+        """The retained events after ``key``, or a reset when ``key`` cannot be honoured: ``unknown`` when it
+        is not an id of the channel's epoch (given out before Redis lost the channel, or never), ``expired``
+        with the number of events lost when the history no longer holds the one that follows it."""
         import redis
 
         self._ensure_started()
-        name = self._key(channel)
         size = self.size_for(channel)
         try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                # The newest ``size`` entries after ``key`` (the stream keeps more, for the readers), and
-                # one more: if it exists, the client missed events beyond the history.
-                pipe.xrevrange(name, min=f"({format_id(key)}" if key else "-", count=size + 1)
-                pipe.xinfo_stream(name)  # an error (no such key) when the channel has no stream yet
-                entries, info = pipe.execute(raise_on_error=False)
+            # The newest ``size`` entries after ``key`` (the stream keeps more, for the readers), and one
+            # more: if it exists, the client missed events beyond the history.
+            epoch, number, entries = self._after_script(
+                keys=[self._key(channel), self._epoch_key(channel)],
+                args=[key[0] if key else "", key[1] if key else 0, size + 1])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unavailable(exc) from None
-        if isinstance(entries, Exception):
-            raise self._unavailable(entries)
+        except redis.ResponseError as exc:
+            raise self._refused(exc, f"the history of {channel}") from None
         entries.reverse()
-        beyond = len(entries) > size
-        if beyond:
+        if len(entries) > size:
             entries = entries[1:]
-        messages = [self._message(channel, sid, f[b"b"], f[b"d"], f.get(b"e", b"")) for sid, f in entries]
+        messages = []
+        for stream_id, flat in entries:
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            messages.append(self._message(channel, stream_id, fields[b"b"], fields[b"d"], fields.get(b"e", b""),
+                                          fields.get(b"t")))
         oldest_kept = time.time() - self.history_ttl
-        messages = [m for m in messages if m.time >= oldest_kept]
-        if key is None:
+        stale = 0
+        while stale < len(messages) and messages[stale].time < oldest_kept:
+            stale += 1  # older than the history's age limit: gone, as if trimmed
+        messages = messages[stale:]
+        if key is None or epoch is None or key[0] != int(epoch) or key[1] > int(number):
             return Replay(messages, reset="unknown")
-        info = info if isinstance(info, dict) else {}
-        last = _info_id(info, "last-generated-id")
-        if last is not None and key > last:
-            return Replay(messages, reset="unknown")  # an id this stream never gave out
-        # Trimming (MAXLEN) does not move max-deleted-entry-id: what tells is an id older than the oldest
-        # entry kept, in a stream that has lost entries (more added than it holds).
-        first = info.get("first-entry") or info.get(b"first-entry")
-        oldest = parse_id(_text(first[0])) if first else None
-        added, length = info.get("entries-added"), info.get("length")
-        lost_some = added is None or length is None or int(added) > int(length)
-        if (oldest is not None and key < oldest and lost_some) or len(messages) < len(entries) or beyond:
-            return Replay(messages, reset="expired")
+        # ``messages`` are the retained events after ``key``, in its epoch: the first must follow it.
+        following = messages[0].key[1] if messages else int(number) + 1
+        missed = following - key[1] - 1
+        if missed > 0:
+            return Replay(messages, reset="expired", missed=missed)
         return Replay(messages)
 
     def track(self, channel: str, position: Key) -> bool:
@@ -242,6 +381,7 @@ class RedisEngine:
         if channel in self._positions:
             return False
         self._positions[channel] = position
+        self._last[channel] = position  # the first entry read must follow it (or start a new epoch)
         return True
 
     def set_local_count(self, channel: str, count: int) -> None:
@@ -258,8 +398,8 @@ class RedisEngine:
         try:
             self._redis.xadd(self._control, {"w": "1"}, maxlen=1, approximate=False)
             self._redis.expire(self._control, 60)
-        except (redis.ConnectionError, redis.TimeoutError):
-            pass  # the reader is reconnecting anyway and will read the new set when it does
+        except redis.RedisError:
+            pass  # the reader is reconnecting anyway, or reads the new set after its block at the latest
 
     # -- the reader ----------------------------------------------------------------------------------------------
 
@@ -272,7 +412,7 @@ class RedisEngine:
             streams: dict[Any, Any] = {self._control: control_position}
             for channel in [c for c in self._positions if c not in self._local]:
                 del self._positions[channel]  # nobody here listens any more
-                self._numbers.pop(channel, None)
+                self._last.pop(channel, None)
             for channel, position in self._positions.items():
                 streams[self._key(channel)] = format_id(position)
             try:
@@ -284,6 +424,14 @@ class RedisEngine:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._retry_now.wait(backoff)
                 self._retry_now.clear()
+                backoff = min(BACKOFF_MAX, backoff * 2)
+                continue
+            except redis.ResponseError as exc:
+                # An error reply, not an outage: Redis is there. A channel key that is not a stream any
+                # more (written by something else) fails the whole XREAD: end that channel's streams.
+                log.error("Redis refused the reader's XREAD: %s", exc)
+                self._drop_broken_channels()
+                time.sleep(backoff)
                 backoff = min(BACKOFF_MAX, backoff * 2)
                 continue
             if not self._reader_up:
@@ -303,23 +451,68 @@ class RedisEngine:
         """Hand what the reader read to the hub, in order; a gap in the numbers ends the channel's local
         subscribers (see the module's doc) after the entries before it were delivered."""
         messages: list[Message] = []
-        last = self._numbers.get(channel)
+        last = self._last.get(channel)
         for stream_id, fields in entries:
-            number = fields.get(b"n")
-            if number is not None:
-                number = int(number)
-                if last is not None and number > last + 1:
-                    self._deliver(channel, messages)
-                    messages = []
-                    ended = self.hub.lost_history(channel, number - last - 1)
-                    log.warning("Redis reader: %d events of channel %s were trimmed from its history before "
-                                "this worker read them; ending its %d local subscribers so that they resume "
-                                "from the history", number - last - 1, channel, ended)
-                last = number
-            messages.append(self._message(channel, stream_id, fields[b"b"], fields[b"d"], fields.get(b"e", b"")))
+            stored = fields.get(b"t")
+            message = self._message(channel, stream_id, fields[b"b"], fields[b"d"], fields.get(b"e", b""), stored)
+            key = message.key
+            if stored is None:
+                last = None  # written by a version without epochs: nothing to check it against
+            else:
+                if last is not None:
+                    if key[0] == last[0]:
+                        missed = key[1] - last[1] - 1
+                    else:
+                        missed = key[1] - 1  # a new epoch starts at 1
+                        self._epoch_changed(channel, last, key)
+                    if missed > 0:
+                        self._deliver(channel, messages)
+                        messages = []
+                        ended = self.hub.lost_history(channel, missed)
+                        log.warning("Redis reader: %d events of channel %s were trimmed from its history before "
+                                    "this worker read them; ending its %d local subscribers so that they resume "
+                                    "from the history", missed, channel, ended)
+                last = key
+            messages.append(message)
         if last is not None:
-            self._numbers[channel] = last
+            self._last[channel] = last
+        else:
+            self._last.pop(channel, None)
         self._deliver(channel, messages)
+
+    def _epoch_changed(self, channel: str, last: Key, key: Key) -> None:
+        """The channel's history started over while this worker's subscribers were connected: Redis lost it
+        (restarted without persistence, flushed, evicted). Its live subscribers go on with the new epoch;
+        what was published before and not read yet by this worker cannot be known (SECURITY.md). Those that
+        reconnect with an id of the old epoch get ``event: reset``. Said at most every 10 s."""
+        self._epoch_changes += 1
+        now = time.monotonic()
+        if now - self._epoch_logged >= 10:
+            log.warning("Redis reader: channel %s started a new history (epoch %d, was %d): Redis lost it "
+                        "(restarted without persistence?). Events published before and not yet read by this "
+                        "worker are lost; clients that resume from before get event: reset (%d channel(s) so "
+                        "far)", channel, key[0], last[0], self._epoch_changes)
+            self._epoch_logged = now
+
+    def _drop_broken_channels(self) -> None:
+        """After an error reply to XREAD: end the local streams of channels whose key is not a stream."""
+        import redis
+
+        channels = list(self._positions)
+        try:
+            with self._reader_redis.pipeline(transaction=False) as pipe:
+                for channel in channels:
+                    pipe.type(self._key(channel))
+                kinds = pipe.execute()
+        except (redis.RedisError, OSError):
+            return  # tried again after the backoff
+        for channel, kind in zip(channels, kinds, strict=True):
+            if _text(kind) not in ("stream", "none"):
+                log.error("Redis key %s is a %s, not a stream: ending the streams of channel %s",
+                          self._key(channel), _text(kind), channel)
+                self._positions.pop(channel, None)
+                self._last.pop(channel, None)
+                self.hub.lost_history(channel, 0)
 
     def _deliver(self, channel: str, messages: list[Message]) -> None:
         if not messages:
@@ -344,11 +537,15 @@ class RedisEngine:
                         key = f"{self.prefix}subs:{channel}"
                         pipe.hset(key, self.worker_id, f"{count}:{expires}")
                         pipe.expire(key, int(3 * COUNT_REFRESH) + 1)
+                    if local:  # their epochs live as long as anyone here subscribes
+                        self._keep_script(keys=[self._epoch_key(c) for c in local], args=[EPOCH_KEEP], client=pipe)
                     for channel in self._synced - local.keys():
                         pipe.hdel(f"{self.prefix}subs:{channel}", self.worker_id)
                     pipe.execute()
                 self._synced = set(local)
-            except (redis.ConnectionError, redis.TimeoutError):
+            except redis.RedisError as exc:
+                if not isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+                    log.error("Redis refused the subscriber counts: %s", exc)
                 time.sleep(BACKOFF_MAX)
                 self._counts_dirty.set()
 
@@ -393,13 +590,6 @@ def _sum_counts(counts: dict[bytes, bytes]) -> int:
         if expires and int(expires) >= now:
             total += int(count)
     return total
-
-
-def _info_id(info: dict[Any, Any], field: str) -> Key | None:
-    value = info.get(field) or info.get(field.encode())
-    if value is None:
-        return None
-    return parse_id(_text(value))
 
 
 def _text(value: Any) -> str:
