@@ -254,7 +254,7 @@ def registry() -> Any:
     from prometheus_client import multiprocess
 
     collector_registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(collector_registry, path=directory)
+    multiprocess.MultiProcessCollector(collector_registry, path=directory)  # type: ignore[no-untyped-call]
     return collector_registry
 
 

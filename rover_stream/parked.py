@@ -103,7 +103,7 @@ class ParkedStream:
         self.closed = False
         # Watch our own descriptor: gunicorn closes its socket (and that fd number is soon reused).
         self.stop_read_watch = on_peer_close(self.fd, self._on_peer_eof) if watch_eof else None
-        self.subscription.notify = functools.partial(lot.mark, self)  # type: ignore[attr-defined]
+        self.subscription.notify = functools.partial(lot.mark, self)
 
     # -- called from the hub or the event loop: never block ----------------------------------------------------
 
@@ -131,9 +131,9 @@ class ParkedStream:
             if self.probes:
                 self.lot.probe_later(self)
         try:
-            parts = self.subscription.take_nowait()  # type: ignore[attr-defined]
+            parts = self.subscription.take_nowait()
         except FeedEnded:
-            self.close(self.subscription.dropped or "complete")  # type: ignore[attr-defined]
+            self.close(self.subscription.dropped or "complete")
             return
         if parts:
             self._write(parts[0] if len(parts) == 1 else b"".join(parts), now)

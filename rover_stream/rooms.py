@@ -475,7 +475,7 @@ class Member:
         if self.parked is not None:
             self.parked.close(self.end_reason)
         self.feed.close()
-        self.runtime.release(self, self.end_reason)  # type: ignore[arg-type]
+        self.runtime.release(self, self.end_reason)
 
 
 def _origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
@@ -528,7 +528,7 @@ def _user_name(claims: dict[str, Any] | None) -> str:
 
 def _incoming_text(raw: Any) -> str | None:
     """The text of a client frame: JSON {"text": ...} or plain text. None for what cannot be a message."""
-    if isinstance(raw, bytes):
+    if not isinstance(raw, str):
         return None
     text = raw
     if raw[:1] == "{":

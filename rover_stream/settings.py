@@ -382,12 +382,14 @@ class Settings(Mapping[str, Any]):
         explicit = self._values["MAX_STREAMS"]
         if explicit is not None:
             return int(explicit)
-        return max(1, self._values["WORKER_CONNECTIONS"] * 9 // 10)
+        connections: int = self._values["WORKER_CONNECTIONS"]
+        return max(1, connections * 9 // 10)
 
     @property
     def max_body_readers(self) -> int:
         """How many request bodies one worker reads at once: 5% of its connections."""
-        return max(1, self._values["WORKER_CONNECTIONS"] // 20)
+        connections: int = self._values["WORKER_CONNECTIONS"]
+        return max(1, connections // 20)
 
     @property
     def data_dir(self) -> Path:

@@ -251,7 +251,7 @@ def sse_response(
     if hasattr(events, "take") and hasattr(events, "wake"):
         feed = events  # type: ignore[assignment]
     else:
-        feed = GeneratorFeed(events, limit=settings["STREAM_QUEUE_SIZE"])  # type: ignore[arg-type]
+        feed = GeneratorFeed(events, limit=settings["STREAM_QUEUE_SIZE"])
     if runtime.shutting_down:
         # A request on a connection kept alive across the shutdown, typically an EventSource reconnecting:
         # a 503 would stop it for good, so it gets what the open streams got, and reconnects elsewhere.

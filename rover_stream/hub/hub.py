@@ -279,7 +279,8 @@ class Hub:
         """The messages ``channel`` still keeps, oldest first; only those after id ``after`` if given."""
         validate_channel(channel)
         with self._lock:
-            return self.engine.history(channel, parse_id(after) if after else None)
+            messages: list[Message] = self.engine.history(channel, parse_id(after) if after else None)
+        return messages
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

@@ -19,7 +19,7 @@ def escape(text: str) -> str:
     return _UNSAFE.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
-class AccessLogger(Logger):
+class AccessLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type information
     def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
         atoms = super().atoms(resp, req, environ, request_time)
         return {key: escape(value) if isinstance(value, str) else value for key, value in atoms.items()}

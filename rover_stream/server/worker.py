@@ -24,7 +24,7 @@ from ..runtime import drain_streams
 DRAIN_TIMEOUT = 3.0
 
 
-class Worker(GeventWorker):
+class Worker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no type information
     def init_process(self) -> None:
         # Every log record asks for its thread's name, and under gevent each greenlet that logs gets a
         # dummy Thread object made for it: a tenth of the cost of a stream's two log lines. Greenlets are
