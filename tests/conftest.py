@@ -233,3 +233,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path)
     yield server
     server.kill()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that starts a server carries the ``live`` marker (``-m 'not live'`` is the quick run)."""
+    unmarked = [item.nodeid for item in items
+                if {"live_server", "module_server"} & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("live") is None]
+    if unmarked:
+        raise pytest.UsageError("These tests start a server but lack @pytest.mark.live:\n  " + "\n  ".join(unmarked))

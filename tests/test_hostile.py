@@ -118,6 +118,7 @@ def server(module_server: Any) -> Any:
     return module_server(env={"ROVER_METRICS_INTERVAL": "0"})
 
 
+@pytest.mark.live
 def test_garbage_websocket_frames_close_only_that_connection(server: Any) -> None:
     client_class = ws_client_class()
     bystander = client_class.connect(f"ws://127.0.0.1:{server.port}/ws/comms/hostile?user=calm")
@@ -150,6 +151,7 @@ def test_garbage_websocket_frames_close_only_that_connection(server: Any) -> Non
         bystander.close()
 
 
+@pytest.mark.live
 def test_slow_headers_and_connection_floods_do_not_starve_others(server: Any) -> None:
     reader = subscribe(server.port, "steady")
     publish = Publisher(server.port)
@@ -236,6 +238,7 @@ def _server_frames(data: bytes) -> list[tuple[int, bytes]]:
     return frames
 
 
+@pytest.mark.live
 @FUZZ
 @given(frames=st.lists(_frames, min_size=1, max_size=4))
 # Found by this test: a ping, then a continuation with nothing to continue. simple-websocket handed over
@@ -292,6 +295,7 @@ def test_fuzzed_websocket_frames(server: Any, frames: list[bytes]) -> None:
         event("no close frame (connection reset)")
 
 
+@pytest.mark.live
 def test_after_the_fuzzed_frames_the_room_still_works(server: Any) -> None:
     """After the fuzzing (run before this test): the server is up, a member of the fuzzed room gets only
     well-formed room frames (what the rogue members sent reached it as messages, if at all), and a message

@@ -21,6 +21,8 @@ import rover_stream as rs
 from rover_stream.demo import telemetry
 from rover_stream.wire.sse_parser import EventStreamParser
 
+pytestmark = pytest.mark.live
+
 
 @pytest.fixture(scope="module")
 def server(module_server: Any) -> Any:
