@@ -38,10 +38,8 @@ def health() -> Any:
         "max_streams": runtime.max_streams,
         "engine": engine.name,
         "producers": {name: p.status()["state"] for name, p in runtime.producers.items()},
+        **engine.health(),
     }
-    if engine.name == "redis":
-        engine.ping()
-        body["redis"] = engine.stats()["redis"]
     return jsonify(body)
 
 
@@ -60,13 +58,7 @@ def ready() -> Any:
         checks["hub"] = {"ok": True, "engine": engine.name}
     except Exception as exc:  # noqa: BLE001 (reported, not raised)
         checks["hub"] = {"ok": False, "engine": engine.name, "error": f"{type(exc).__name__}: {exc}"}
-    if engine.name == "redis":
-        try:
-            checks["redis"] = {"ok": bool(engine.ping())}
-        except Exception as exc:  # noqa: BLE001
-            checks["redis"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        if not checks["redis"]["ok"] and "error" not in checks["redis"]:
-            checks["redis"]["error"] = engine.stats().get("redis_error") or "unreachable"
+    checks.update(engine.checks())
     ok = all(check["ok"] for check in checks.values())
     response = jsonify(status="ready" if ok else "not_ready", pid=os.getpid(), checks=checks)
     response.status_code = 200 if ok else 503

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -46,18 +44,6 @@ LEASE_RENEW = 2.0
 RESTART_AFTER = 2.0
 SCOPES = ("deployment", "worker")
 
-_RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
-end
-return 0
-"""
 
 
 class Producer:
@@ -82,7 +68,9 @@ class Producer:
     def start(self) -> None:
         if self._supervisor is None:
             self._stop.clear()
-            self.state = "standby" if self._needs_lease() else "starting"
+            # Shared by several processes: it waits for the lease before it runs.
+            shared = self.scope == "deployment" and self.runtime.hub.engine.remote
+            self.state = "standby" if shared else "starting"
             self._supervisor = Task(self._supervise, name=f"rover-stream-producer-{self.name}")
 
     def stop(self, timeout: float = 2.0) -> None:
@@ -91,9 +79,6 @@ class Producer:
         if supervisor is not None:
             supervisor.join(timeout)
         self.state = "stopped"
-
-    def _needs_lease(self) -> bool:
-        return self.scope == "deployment" and self.runtime.hub.engine.name == "redis"
 
     # -- the supervisor: lease (when needed), run, restart after a failure -------------------------------------
 
@@ -108,7 +93,8 @@ class Producer:
         self.state = "stopped"
 
     def _supervise_once(self) -> None:
-        lease = _Lease(self.runtime, self.name) if self._needs_lease() else None
+        # Once per deployment: a lease in the engine's shared store (none when this process is the deployment).
+        lease = self.runtime.hub.engine.lease(self.name, LEASE_TTL) if self.scope == "deployment" else None
         while not self._stop.is_set():
             if lease is not None and not lease.acquire():
                 self.state = "standby"
@@ -152,43 +138,6 @@ class Producer:
         if self.error:
             info["error"] = self.error
         return info
-
-
-class _Lease:
-    """A Redis key that says which process runs a deployment-wide producer."""
-
-    def __init__(self, runtime: StreamRuntime, name: str) -> None:
-        engine = runtime.hub.engine
-        self.engine = engine
-        engine.client()  # connects lazily, after the fork: the engine's id for this process exists from here
-        self.key = f"{engine.prefix}lease:{name}"
-        # Who holds it, for operators (and tests): host, process, and the engine's id for this process.
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{engine.worker_id}"
-        self.held = False
-
-    def acquire(self) -> bool:
-        try:
-            self.held = bool(self.engine.client().set(self.key, self.holder, nx=True, px=int(LEASE_TTL * 1000)))
-        except Exception as exc:  # noqa: BLE001 (Redis down: stand by, try again)
-            log.debug("lease %s: %s", self.key, exc)
-            self.held = False
-        return self.held
-
-    def renew(self) -> bool:
-        try:
-            self.held = bool(self.engine.client().eval(_RENEW, 1, self.key, self.holder, int(LEASE_TTL * 1000)))
-        except Exception as exc:  # noqa: BLE001
-            log.warning("could not renew lease %s: %s", self.key, exc)
-            self.held = False
-        return self.held
-
-    def release(self) -> None:
-        if self.held:
-            try:
-                self.engine.client().eval(_RELEASE, 1, self.key, self.holder)
-            except Exception:  # noqa: BLE001 (it expires by itself)
-                pass
-            self.held = False
 
 
 def add_producer(app: Flask, name: str, run: Callable[[threading.Event], Any], *,

@@ -51,6 +51,7 @@ from .auth import presented_claims, require
 from .errors import ApiError, ServiceUnavailable
 from .hub import Subscription, validate_channel
 from .hub.names import guarded_names, room_channel
+from .hub.presence import Presence
 from .parked import ParkedStream, parking_lot
 from .runtime import StreamRuntime, get_runtime
 from .wire.untrusted import Rejected, parse_json
@@ -70,95 +71,6 @@ _TRY_LATER = {"slow_client": "too slow: messages were piling up",
               "history_gap": "this server fell behind the room's history: rejoin"}
 
 rooms_api = Blueprint("rooms", __name__)
-
-
-class Presence:
-    """Who is in which room, in this process (the in-process hub)."""
-
-    def __init__(self) -> None:
-        self.rooms: dict[str, dict[int, str]] = {}
-
-    def add(self, room: str, member_id: int, user: str) -> None:
-        self.rooms.setdefault(room, {})[member_id] = user
-
-    def remove(self, room: str, member_id: int) -> None:
-        members = self.rooms.get(room)
-        if members is not None:
-            members.pop(member_id, None)
-            if not members:
-                del self.rooms[room]
-
-    def members(self, room: str) -> list[str]:
-        return sorted(self.rooms.get(room, {}).values())
-
-
-class RedisPresence(Presence):
-    """Who is in which room on every worker and host (the Redis hub): a hash per room,
-    ``<prefix>room:<room>``, one field per member (``<worker>:<member>``) whose value is
-    ``<user>\t<expires_ms>``. Each worker refreshes its own members' fields, so those of a worker that died
-    expire. When Redis cannot be reached, the list is this worker's."""
-
-    REFRESH = 10.0
-
-    def __init__(self, engine: Any) -> None:
-        super().__init__()
-        self.engine = engine
-        self._refresher: Any = None
-
-    def _key(self, room: str) -> str:
-        return f"{self.engine.prefix}room:{room}"
-
-    def _field(self, member_id: int) -> str:
-        return f"{self.engine.worker_id}:{member_id}"
-
-    def _value(self, user: str) -> str:
-        return f"{user}\t{int((time.time() + 3 * self.REFRESH) * 1000)}"
-
-    def add(self, room: str, member_id: int, user: str) -> None:
-        super().add(room, member_id, user)
-        client = self.engine.client()
-        try:
-            with client.pipeline(transaction=False) as pipe:
-                pipe.hset(self._key(room), self._field(member_id), self._value(user))
-                pipe.expire(self._key(room), int(3 * self.REFRESH) + 1)
-                pipe.execute()
-        except Exception as exc:  # noqa: BLE001  -- Redis unreachable: the member is still in the room here
-            log.warning("could not record %r in room %r in Redis: %s", user, room, exc)
-        if self._refresher is None:
-            self._refresher = gevent.spawn(self._refresh_forever)
-
-    def remove(self, room: str, member_id: int) -> None:
-        super().remove(room, member_id)
-        try:
-            self.engine.client().hdel(self._key(room), self._field(member_id))
-        except Exception:  # noqa: BLE001
-            pass  # the field expires by itself
-
-    def members(self, room: str) -> list[str]:
-        try:
-            fields = self.engine.client().hgetall(self._key(room))
-        except Exception:  # noqa: BLE001
-            return super().members(room)
-        now = time.time() * 1000
-        users = []
-        for value in fields.values():
-            user, _, expires = value.decode().rpartition("\t")
-            if expires.isdigit() and int(expires) >= now:
-                users.append(user)
-        return sorted(users)
-
-    def _refresh_forever(self) -> None:
-        while True:
-            gevent.sleep(self.REFRESH)
-            try:
-                with self.engine.client().pipeline(transaction=False) as pipe:
-                    for room, members in list(self.rooms.items()):
-                        for member_id, user in list(members.items()):
-                            pipe.hset(self._key(room), self._field(member_id), self._value(user))
-                        pipe.expire(self._key(room), int(3 * self.REFRESH) + 1)
-                    pipe.execute()
-            except Exception as exc:  # noqa: BLE001
-                log.warning("could not refresh room presence in Redis: %s", exc)
 
 
 class InlineThread:
@@ -675,5 +587,4 @@ def init_rooms(app: Flask, runtime: StreamRuntime) -> None:
         "max_message_size": settings["WS_MAX_MESSAGE_BYTES"],
         "thread_class": InlineThread,
     })
-    engine = runtime.hub.engine
-    app.extensions["rover_stream_presence"] = RedisPresence(engine) if engine.name == "redis" else Presence()
+    app.extensions["rover_stream_presence"] = runtime.hub.engine.presence()

@@ -159,7 +159,7 @@ def test_expired_id_says_how_many_were_lost() -> None:
 
 
 def test_history_age_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    import rover_stream.hub.memory as memory
+    import rover_stream.hub.engines.memory as memory
 
     now = [1000.0]
     monkeypatch.setattr(memory.time, "time", lambda: now[0])

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from rover_stream.hub import Hub
-from rover_stream.hub import redis_engine as redis_engine_module
+from rover_stream.hub.engines import redis as redis_engine_module
+from rover_stream.hub.engines.redis import RedisEngine
 from rover_stream.hub.message import ID_PART_MAX, Key, format_id, parse_id
-from rover_stream.hub.redis_engine import RedisEngine
 from tests.wire_helpers import Publisher, SSEReader, get_json, request, subscribe
 
 #: Last-Event-ID values that are no id: beyond what a Redis Stream id holds, or not ``<digits>-<digits>``.

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..settings import Settings
+from .engines.memory import MemoryEngine
 from .hub import Hub
-from .memory import MemoryEngine
 from .names import ROOM_PREFIX
 
 
@@ -17,7 +17,7 @@ def create_hub(settings: Settings) -> Hub:
     engine: Any
     if settings["REDIS_URL"]:
         # Imported only when asked for: redis-py is not loaded by servers that do not use it.
-        from .redis_engine import RedisEngine
+        from .engines.redis import RedisEngine
 
         engine = RedisEngine(settings["REDIS_URL"], history_size=settings["HISTORY_SIZE"],
                              history_ttl=settings["HISTORY_TTL"], prefix=settings["REDIS_PREFIX"],

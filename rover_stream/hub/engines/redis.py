@@ -46,15 +46,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
 from typing import Any
 
-from ..concurrency import spawn
-from ..errors import ServiceUnavailable
-from .memory import Replay
-from .message import Key, Message, format_id, parse_id
+import gevent
+
+from ...concurrency import spawn
+from ...errors import ServiceUnavailable
+from ..message import Key, Message, format_id, parse_id
+from ..presence import Presence
+from . import Replay
 
 log = logging.getLogger("rover_stream.redis")
 
@@ -580,6 +584,148 @@ class RedisEngine:
             self._unavailable(exc)
             return False
         return True
+
+    # -- what the parts above keep in Redis, and say of it ----------------------------------------------------
+
+    def presence(self) -> Presence:
+        return RedisPresence(self)
+
+    def lease(self, name: str, ttl: float) -> RedisLease:
+        return RedisLease(self, name, ttl)
+
+    def health(self) -> dict[str, Any]:
+        self.ping()
+        return {"redis": self.stats()["redis"]}
+
+    def checks(self) -> dict[str, dict[str, Any]]:
+        try:
+            check: dict[str, Any] = {"ok": bool(self.ping())}
+        except Exception as exc:  # noqa: BLE001 (reported, not raised)
+            return {"redis": {"ok": False, "error": f"{type(exc).__name__}: {exc}"}}
+        if not check["ok"]:
+            check["error"] = self.stats().get("redis_error") or "unreachable"
+        return {"redis": check}
+
+
+class RedisPresence(Presence):
+    """Who is in which room on every worker and host (the Redis hub): a hash per room,
+    ``<prefix>room:<room>``, one field per member (``<worker>:<member>``) whose value is
+    ``<user>\t<expires_ms>``. Each worker refreshes its own members' fields, so those of a worker that died
+    expire. When Redis cannot be reached, the list is this worker's."""
+
+    REFRESH = 10.0
+
+    def __init__(self, engine: RedisEngine) -> None:
+        super().__init__()
+        self.engine = engine
+        self._refresher: Any = None
+
+    def _key(self, room: str) -> str:
+        return f"{self.engine.prefix}room:{room}"
+
+    def _field(self, member_id: int) -> str:
+        return f"{self.engine.worker_id}:{member_id}"
+
+    def _value(self, user: str) -> str:
+        return f"{user}\t{int((time.time() + 3 * self.REFRESH) * 1000)}"
+
+    def add(self, room: str, member_id: int, user: str) -> None:
+        super().add(room, member_id, user)
+        client = self.engine.client()
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                pipe.hset(self._key(room), self._field(member_id), self._value(user))
+                pipe.expire(self._key(room), int(3 * self.REFRESH) + 1)
+                pipe.execute()
+        except Exception as exc:  # noqa: BLE001  -- Redis unreachable: the member is still in the room here
+            log.warning("could not record %r in room %r in Redis: %s", user, room, exc)
+        if self._refresher is None:
+            self._refresher = gevent.spawn(self._refresh_forever)
+
+    def remove(self, room: str, member_id: int) -> None:
+        super().remove(room, member_id)
+        try:
+            self.engine.client().hdel(self._key(room), self._field(member_id))
+        except Exception:  # noqa: BLE001
+            pass  # the field expires by itself
+
+    def members(self, room: str) -> list[str]:
+        try:
+            fields = self.engine.client().hgetall(self._key(room))
+        except Exception:  # noqa: BLE001
+            return super().members(room)
+        now = time.time() * 1000
+        users = []
+        for value in fields.values():
+            user, _, expires = value.decode().rpartition("\t")
+            if expires.isdigit() and int(expires) >= now:
+                users.append(user)
+        return sorted(users)
+
+    def _refresh_forever(self) -> None:
+        while True:
+            gevent.sleep(self.REFRESH)
+            try:
+                with self.engine.client().pipeline(transaction=False) as pipe:
+                    for room, members in list(self.rooms.items()):
+                        for member_id, user in list(members.items()):
+                            pipe.hset(self._key(room), self._field(member_id), self._value(user))
+                        pipe.expire(self._key(room), int(3 * self.REFRESH) + 1)
+                    pipe.execute()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("could not refresh room presence in Redis: %s", exc)
+
+
+class RedisLease:
+    """A Redis key that says which process runs a deployment-wide producer: set when free (NX), renewed
+    and released only by its holder (a script compares the value), lapsing after ``ttl`` seconds."""
+
+    def __init__(self, engine: RedisEngine, name: str, ttl: float) -> None:
+        self.engine = engine
+        engine.client()  # connects lazily, after the fork: the engine's id for this process exists from here
+        self.key = f"{engine.prefix}lease:{name}"
+        # Who holds it, for operators (and tests): host, process, and the engine's id for this process.
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{engine.worker_id}"
+        self.ttl_ms = int(ttl * 1000)
+        self.held = False
+
+    def acquire(self) -> bool:
+        try:
+            self.held = bool(self.engine.client().set(self.key, self.holder, nx=True, px=self.ttl_ms))
+        except Exception as exc:  # noqa: BLE001 (Redis down: stand by, try again)
+            log.debug("lease %s: %s", self.key, exc)
+            self.held = False
+        return self.held
+
+    def renew(self) -> bool:
+        try:
+            self.held = bool(self.engine.client().eval(_RENEW, 1, self.key, self.holder, self.ttl_ms))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not renew lease %s: %s", self.key, exc)
+            self.held = False
+        return self.held
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                self.engine.client().eval(_RELEASE, 1, self.key, self.holder)
+            except Exception:  # noqa: BLE001 (it expires by itself)
+                pass
+            self.held = False
+
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
 
 
 def _sum_counts(counts: dict[bytes, bytes]) -> int:

@@ -9,21 +9,11 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
-from .message import Key, Message
-
-
-@dataclass
-class Replay:
-    """What a reconnecting subscriber gets from history: ``messages`` in order and, when its id could not
-    be honoured, ``reset`` ("expired": older than the history; "unknown": not an id of this channel's
-    history, e.g. from before a restart) with ``missed`` events lost (None when it cannot be known)."""
-
-    messages: list[Message] = field(default_factory=list)
-    reset: str | None = None
-    missed: int | None = None
+from ..message import Key, Message
+from ..presence import Presence
+from . import Replay
 
 
 class ChannelLog:
@@ -38,6 +28,7 @@ class ChannelLog:
 
 class MemoryEngine:
     name = "memory"
+    remote = False
 
     def __init__(self, history_size: int, history_ttl: float, history_sizes: dict[str, int] | None = None) -> None:
         # The epoch tells this process's ids from those of a previous run: an id from before a restart is
@@ -116,4 +107,18 @@ class MemoryEngine:
 
     def stats(self) -> dict[str, Any]:
         return {"engine": self.name, "history_events": sum(len(log.history) for log in self._logs.values())}
+
+    # -- what the parts above would keep in a shared store: here, this process is the deployment -----------
+
+    def presence(self) -> Presence:
+        return Presence()
+
+    def lease(self, name: str, ttl: float) -> None:
+        return None
+
+    def health(self) -> dict[str, Any]:
+        return {}
+
+    def checks(self) -> dict[str, dict[str, Any]]:
+        return {}
 
