@@ -32,15 +32,15 @@ from .body import json_body, read_body
 from .concurrency import run_blocking
 from .errors import ApiError, ConfigError, EncodeError, RoverStreamError, ServiceUnavailable, StreamAborted
 from .extension import RoverStream
-from .files import send_file, send_from_directory
 from .hub import Hub, Message, Subscription
 from .limits import check_publish_rate
 from .metrics import METRICS_CHANNEL, StreamingStats, streaming_stats
-from .pipe import FeedEnded, PipeClosed
 from .producers import add_producer
 from .runtime import get_hub, get_runtime, publish
-from .sse import last_event_id, last_event_number, sse_response
-from .streaming import StreamingResponse, StreamingWriter, csv_response, ndjson_response
+from .transport.event_stream import last_event_id, last_event_number, sse_response
+from .transport.files import send_file, send_from_directory
+from .transport.pipe import FeedEnded, PipeClosed
+from .transport.streaming import StreamingResponse, StreamingWriter, csv_response, ndjson_response
 from .wire.sse import Event, encode
 from .wire.tabular import FLUSH
 

@@ -36,7 +36,7 @@ from .client import (
     download,
     stream_url,
 )
-from .client.sse import describe
+from .client.eventsource import describe
 from .client.terminal import ProgressBar, Prompt, human_bytes, printable
 from .client.transport import bearer
 from .errors import ConfigError

@@ -29,18 +29,18 @@ from typing import Any
 from flask import Blueprint, Flask
 
 from . import settings as settings_module
-from .api import api
 from .body import close_unread_bodies
 from .cors import init_cors
 from .errors import ApiError, register_error_handlers
 from .hub import Hub, create_hub
+from .hub_api import api
 from .logs import init_logging, send_request_id
 from .metrics import ProcessMetrics, publish_process_metrics
 from .ops import ops
 from .producers import add_producer
 from .rooms import init_rooms, rooms_api
 from .runtime import EXTENSION_KEY, StreamRuntime, init_runtime
-from .streaming import close_unsent_bodies
+from .transport.streaming import close_unsent_bodies
 
 #: The name of the blueprint that holds every route the extension mounts (``url_for("rover_stream....")``).
 BLUEPRINT_NAME = "rover_stream"

@@ -16,7 +16,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from .auth import require, require_admin
 from .metrics import METRICS_CHANNEL, exposition, streaming_stats
 from .runtime import get_runtime
-from .sse import last_event_id, sse_response
+from .transport.event_stream import last_event_id, sse_response
 
 ops = Blueprint("ops", __name__)
 

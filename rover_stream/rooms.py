@@ -18,7 +18,7 @@ A client sends ``{"text": "..."}`` (or ``{"type": "message", "text": "..."}``), 
 
 **One writer per connection.** Broadcasts never touch a member's socket: they only queue the message in the
 member's bounded hub queue (its subscription). The member's connection is written by one writer only --
-the worker's parking-lot writer, as for parked SSE streams (see :mod:`rover_stream.parked`) -- which writes
+the worker's parking-lot writer, as for parked SSE streams (see :mod:`rover_stream.transport.parked`) -- which writes
 its frames, its pings, and simple-websocket's pongs and close frames (routed to it), with non-blocking
 writes that keep what the socket does not take: frames are never interleaved nor truncated (two greenlets writing
 one socket would interleave them; a blocking write cut by a timeout would truncate one). A member whose queue fills
@@ -52,8 +52,8 @@ from .errors import ApiError, ServiceUnavailable
 from .hub import Subscription, validate_channel
 from .hub.names import guarded_names, room_channel
 from .hub.presence import Presence
-from .parked import ParkedStream, parking_lot
 from .runtime import StreamRuntime, get_runtime
+from .transport.parked import ParkedStream, parking_lot
 from .wire.untrusted import Rejected, parse_json
 from .wire.websocket import close_frame, text_frame
 

@@ -26,7 +26,8 @@ log = logging.getLogger("rover_stream.runtime")
 
 
 class Stream(Protocol):
-    """What the runtime needs of a stream's body (:class:`rover_stream.streaming.StreamBody`, a room member)."""
+    """What the runtime needs of a stream's body (:class:`rover_stream.transport.streaming.StreamBody`, a
+    room member)."""
 
     kind: str
     bytes_sent: int

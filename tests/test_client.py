@@ -38,7 +38,7 @@ from rover_stream.client import (
     download,
     stream_url,
 )
-from rover_stream.client import sse as sse_module
+from rover_stream.client import eventsource as sse_module
 from rover_stream.client.download import name_from_disposition, name_from_url
 from rover_stream.client.errors import RoomClosed
 from rover_stream.client.terminal import Prompt, printable

@@ -12,7 +12,7 @@ from rover_stream import signals
 from rover_stream.errors import ApiError
 from rover_stream.hub import Hub, MemoryEngine, Subscription
 from rover_stream.hub.message import parse_id
-from rover_stream.pipe import FeedEnded
+from rover_stream.transport.pipe import FeedEnded
 from rover_stream.wire.sse_parser import EventStreamParser
 
 

@@ -81,7 +81,7 @@ def cycles() -> list[list[str]]:
 
 
 def test_the_walk_sees_the_imports() -> None:
-    assert "rover_stream.runtime" in GRAPH["rover_stream.streaming"]
+    assert "rover_stream.runtime" in GRAPH["rover_stream.transport.streaming"]
     assert "rover_stream.hub.engines.redis" in GRAPH["rover_stream.hub.factory"]  # inside a function
 
 

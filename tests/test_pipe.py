@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from rover_stream.pipe import FeedEnded, Pipe, PipeClosed
+from rover_stream.transport.pipe import FeedEnded, Pipe, PipeClosed
 from tests.wire_helpers import wait_for
 
 #: Longest wait for another thread to reach a state; only a broken pipe makes a test wait this long.

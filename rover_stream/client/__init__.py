@@ -36,8 +36,8 @@ from .errors import (
     RoomClosed,
     StreamClosed,
 )
+from .eventsource import CLOSED, CONNECTING, OPEN, EventSource, MessageEvent
 from .rooms import RoomClient, room_url
-from .sse import CLOSED, CONNECTING, OPEN, EventSource, MessageEvent
 
 __all__ = [
     "CLOSED", "CONNECTING", "Client", "ClientError", "ConnectionFailed", "DEFAULT_URL", "DownloadError",

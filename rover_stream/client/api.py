@@ -20,8 +20,8 @@ from urllib.parse import quote, urlencode
 
 from .download import DownloadResult, download
 from .errors import ConnectionFailed
+from .eventsource import EventSource
 from .rooms import RoomClient
-from .sse import EventSource
 from .transport import CONNECT_TIMEOUT, NETWORK_ERRORS, bearer, open_request
 
 #: Where ``rover-stream serve`` listens by default.

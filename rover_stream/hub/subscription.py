@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..pipe import FeedEnded
+from ..transport.pipe import FeedEnded
 from .message import ORIGIN, Key, Message, format_id
 
 

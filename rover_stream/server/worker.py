@@ -1,6 +1,6 @@
 """rover_stream's gunicorn worker: gunicorn's gevent worker, letting go of parked connections at once.
 
-A parked SSE stream (see :mod:`rover_stream.parked`) takes its connection over and answers gunicorn with
+A parked SSE stream (see :mod:`rover_stream.transport.parked`) takes its connection over and answers gunicorn with
 ``ALREADY_HANDLED``. The stock worker then waits up to ``keepalive`` seconds for another request on that
 connection, holding a greenlet and its buffers for every new stream. gunicorn's own comment on
 ``is_already_handled`` invites workers to raise ``StopIteration`` there instead, which ends its handling of

@@ -28,9 +28,9 @@ from flask import Response, request
 from werkzeug.http import dump_options_header, http_date, parse_date
 from werkzeug.security import safe_join
 
-from .concurrency import MIN_PROGRESS, bytes_taken, unacknowledged, wait_writable
-from .errors import ApiError, StreamAborted, error_response
-from .runtime import StreamRuntime, get_runtime
+from ..errors import ApiError, StreamAborted, error_response
+from ..runtime import StreamRuntime, get_runtime
+from .sockets import MIN_PROGRESS, bytes_taken, unacknowledged, wait_writable
 from .streaming import ClientDisconnected, StreamBody, StreamingResponse
 
 #: Bytes sent through the server's own write before sendfile takes over; they carry the headers out.
@@ -310,8 +310,11 @@ def _requested_range(size: int, etag: str, mtime: int) -> tuple[int, int] | str 
     """The ``(start, stop)`` to send for a single byte range, "unsatisfiable" (416), or None for the whole
     file: no Range, another unit, several ranges (allowed to be answered whole), a syntax error, or an
     If-Range that no longer matches."""
+    # "bytes=-0" (the last zero bytes) is valid but unsatisfiable; Werkzeug reads it as "bytes=0-" or, from
+    # 3.1.9, not at all: it is recognised here, whatever the version.
+    zero_suffix = _zero_suffix(request.headers.get("Range", ""))
     byte_range = request.range
-    if byte_range is None or byte_range.units != "bytes" or len(byte_range.ranges) != 1:
+    if not zero_suffix and (byte_range is None or byte_range.units != "bytes" or len(byte_range.ranges) != 1):
         return None
     if_range = request.headers.get("If-Range")
     if if_range is not None:
@@ -321,9 +324,9 @@ def _requested_range(size: int, etag: str, mtime: int) -> tuple[int, int] | str 
                 return None
         elif (date := parse_date(if_range)) is None or int(date.timestamp()) != mtime:
             return None
+    if zero_suffix or byte_range is None:
+        return "unsatisfiable"
     first, last = byte_range.ranges[0]  # Werkzeug: last is exclusive; a suffix has a negative first
-    if first == 0 and last is None and _zero_suffix(request.headers.get("Range", "")):
-        return "unsatisfiable"  # "bytes=-0", which Werkzeug reads as "bytes=0-": the last 0 bytes
     if first < 0:  # "bytes=-N": the last N bytes, or the whole file when it is shorter
         first, last = max(0, size + first), size
     elif last is None or last > size:
@@ -336,5 +339,6 @@ def _requested_range(size: int, etag: str, mtime: int) -> tuple[int, int] | str 
 def _zero_suffix(header: str) -> bool:
     """Whether a single-range ``Range`` header asks for the last zero bytes (``bytes=-0``): unsatisfiable
     (RFC 9110 section 14.1.1: a suffix range needs a non-zero length)."""
-    spec = header.partition("=")[2].strip()
-    return spec.startswith("-") and spec[1:].strip().isdigit() and int(spec[1:]) == 0
+    unit, _, spec = header.partition("=")
+    spec = spec.strip()
+    return unit.strip().lower() == "bytes" and spec.startswith("-") and spec[1:].strip().isdigit() and int(spec[1:]) == 0

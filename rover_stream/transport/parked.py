@@ -33,22 +33,24 @@ from typing import Any, Protocol
 
 from werkzeug.http import http_date
 
-from .concurrency import MIN_PROGRESS, bytes_taken, gevent_active, on_peer_close, unacknowledged
+from ..concurrency import gevent_active
+from ..runtime import StreamRuntime
+from ..wire.sse import HEARTBEAT
 from .pipe import FeedEnded
-from .runtime import StreamRuntime
-from .wire.sse import HEARTBEAT
+from .sockets import MIN_PROGRESS, bytes_taken, on_peer_close, unacknowledged
 
 
 class ParkableBody(Protocol):
-    """What the lot needs of a parked stream's body (:class:`rover_stream.sse.EventStreamBody`, a room
-    member): its feed, its byte count, and being told when the connection ended."""
+    """What the lot needs of a parked stream's body (an
+    :class:`~rover_stream.transport.event_stream.EventStreamBody`, a room member): its feed, its byte count,
+    and being told when the connection ended."""
 
     feed: Any
     bytes_sent: int
 
     def close_parked(self, reason: str) -> None: ...
 
-log = logging.getLogger("rover_stream.parked")
+log = logging.getLogger("rover_stream.transport.parked")
 
 #: How many heartbeats, this far apart, test a client whose socket reported end-of-file: a client that
 #: closed makes the second write fail; one that only half-closed (still reading) keeps its stream. Used by

@@ -20,11 +20,11 @@ from typing import Any
 
 from flask import Response, current_app, g, has_request_context, request
 
-from .concurrency import Task, gevent_active, spawn
-from .errors import RoverStreamError, StreamAborted
+from ..concurrency import Task, gevent_active, spawn
+from ..errors import RoverStreamError, StreamAborted
+from ..runtime import StreamRuntime, get_runtime
+from ..wire.tabular import csv_chunks, ndjson_chunks
 from .pipe import FeedEnded, Pipe, PipeClosed
-from .runtime import StreamRuntime, get_runtime
-from .wire.tabular import csv_chunks, ndjson_chunks
 
 log = logging.getLogger("rover_stream.stream")
 
@@ -239,7 +239,7 @@ class StreamingWriter:
 
     Used as ``with response.writer() as w:`` or passed to a function registered with ``@response.writer``.
     ``write`` blocks while the client is behind by more than a few batches (backpressure), and raises
-    :class:`~rover_stream.pipe.PipeClosed` once the client has gone, which ends the writer. Leaving the
+    :class:`~rover_stream.transport.pipe.PipeClosed` once the client has gone, which ends the writer. Leaving the
     ``with`` block with an exception aborts the response (the client sees a failed transfer).
     """
 

@@ -2,7 +2,7 @@
 
 ``sse_response(events)`` streams any iterable or generator of events with the right headers. The generator
 runs in its own greenlet (a thread outside gevent) and hands events to the response through a bounded
-:class:`~rover_stream.pipe.Pipe`, which the response reads with a timeout: while the generator is blocked
+:class:`~rover_stream.transport.pipe.Pipe`, which the response reads with a timeout: while the generator is blocked
 waiting for its next event, the response still sends a ``: ping`` comment every heartbeat interval. That
 keeps proxies from cutting the stream and makes a vanished client visible: the write after its departure
 fails, the server closes the body, and the generator is stopped (its ``finally`` runs) within two heartbeat
@@ -27,16 +27,17 @@ from typing import Any
 
 from flask import Response, current_app, request
 
-from .concurrency import Task, on_peer_close, spawn
-from .errors import ServiceUnavailable
+from ..concurrency import Task, spawn
+from ..errors import ServiceUnavailable
+from ..runtime import StreamRuntime, get_runtime
+from ..wire.sse import HEARTBEAT, Event, encode, to_bytes
+from ..wire.untrusted import parse_event_number
 from .parked import PROBE_INTERVAL, PROBE_WRITES, can_park, parking_lot, response_head
 from .pipe import Feed, FeedEnded, Pipe, PipeClosed
-from .runtime import StreamRuntime, get_runtime
+from .sockets import on_peer_close
 from .streaming import StreamBody, StreamingResponse
-from .wire.sse import HEARTBEAT, Event, encode, to_bytes
-from .wire.untrusted import parse_event_number
 
-log = logging.getLogger("rover_stream.sse")
+log = logging.getLogger("rover_stream.transport.event_stream")
 
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 

@@ -25,7 +25,7 @@ from .hub import validate_channel
 from .hub.names import guarded_names
 from .limits import check_publish_rate
 from .runtime import get_runtime
-from .sse import last_event_id, sse_response
+from .transport.event_stream import last_event_id, sse_response
 
 api = Blueprint("api", __name__)
 
