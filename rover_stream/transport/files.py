@@ -341,4 +341,5 @@ def _zero_suffix(header: str) -> bool:
     (RFC 9110 section 14.1.1: a suffix range needs a non-zero length)."""
     unit, _, spec = header.partition("=")
     spec = spec.strip()
-    return unit.strip().lower() == "bytes" and spec.startswith("-") and spec[1:].strip().isdigit() and int(spec[1:]) == 0
+    length = spec[1:].strip()
+    return unit.strip().lower() == "bytes" and spec.startswith("-") and length.isdigit() and int(length) == 0
