@@ -1,4 +1,5 @@
-"""Rate limits that protect the server: publishing (429 with Retry-After).
+"""Rate limits that protect the server: publishing (429 with Retry-After), and room messages (close 1008,
+in :mod:`rover_stream.rooms`): one token bucket for both.
 
 Each client -- the token's subject when there is one, else its address -- may publish ``ROVER_PUBLISH_RATE``
 events a second, in bursts of twice that (a token bucket). Buckets live in the worker process (a client
@@ -29,25 +30,42 @@ class TooManyRequests(ApiError):
         super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
-class RateLimiter:
+class TokenBucket:
+    """``rate`` actions a second, in bursts of twice that (at least one)."""
+
+    __slots__ = ("rate", "burst", "allowance", "last")
+
     def __init__(self, rate: float) -> None:
         self.rate = rate
         self.burst = max(1.0, rate * 2)
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.allowance = self.burst
+        self.last = time.monotonic()
+
+    def take(self) -> float:
+        """Take one token: 0 when the action may go on, else the seconds until it may (nothing taken)."""
+        now = time.monotonic()
+        self.allowance = min(self.burst, self.allowance + (now - self.last) * self.rate)
+        self.last = now
+        if self.allowance >= 1:
+            self.allowance -= 1
+            return 0.0
+        return (1 - self.allowance) / self.rate
+
+
+class RateLimiter:
+    """A token bucket per client key; the least recently used are forgotten beyond :data:`MAX_CLIENTS`."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self._lock = threading.Lock()
 
     def allow(self, key: str) -> float:
         """0 when ``key`` may go on, else the seconds until it may."""
-        now = time.monotonic()
         with self._lock:
-            allowance, last = self._buckets.pop(key, (self.burst, now))
-            allowance = min(self.burst, allowance + (now - last) * self.rate)
-            wait = 0.0
-            if allowance >= 1:
-                allowance -= 1
-            else:
-                wait = (1 - allowance) / self.rate
-            self._buckets[key] = (allowance, now)
+            bucket = self._buckets.pop(key, None) or TokenBucket(self.rate)
+            wait = bucket.take()
+            self._buckets[key] = bucket
             while len(self._buckets) > MAX_CLIENTS:
                 self._buckets.popitem(last=False)
         return wait

@@ -48,10 +48,11 @@ from flask_sock import Sock
 from wsproto.utilities import LocalProtocolError
 
 from .auth import presented_claims, require
-from .errors import ApiError, ServiceUnavailable
+from .errors import ApiError
 from .hub import Subscription, validate_channel
 from .hub.names import guarded_names, room_channel
 from .hub.presence import Presence
+from .limits import TokenBucket
 from .runtime import StreamRuntime, get_runtime
 from .transport.parked import ParkedStream, parking_lot
 from .wire.untrusted import Rejected, parse_json
@@ -264,9 +265,7 @@ class Member:
         self.end_reason = "disconnect"
         self.ping_interval: float = settings["WS_PING_INTERVAL"]
         self.idle_timeout: float = settings["WS_IDLE_TIMEOUT"]
-        self._rate = settings["WS_MESSAGE_RATE"]
-        self._allowance = float(self._rate * 2)  # a burst of twice the rate is fine
-        self._last_message = time.monotonic()
+        self._messages = TokenBucket(settings["WS_MESSAGE_RATE"])
         self.feed: Subscription = runtime.hub.subscribe(self.channel, format="ws")
         self.id = self.feed.id
         self.parked: ParkedMember | None = None
@@ -358,14 +357,8 @@ class Member:
         self.finish()
 
     def allow_message(self) -> bool:
-        """Token bucket: WS_MESSAGE_RATE messages a second, bursts of twice that."""
-        now = time.monotonic()
-        self._allowance = min(self._rate * 2.0, self._allowance + (now - self._last_message) * self._rate)
-        self._last_message = now
-        if self._allowance < 1:
-            return False
-        self._allowance -= 1
-        return True
+        """WS_MESSAGE_RATE messages a second, bursts of twice that."""
+        return self._messages.take() == 0
 
     # -- the parking lot's and the runtime's interface ----------------------------------------------------------
 
@@ -555,13 +548,9 @@ def _check_websocket_request() -> Any:
                        code="room_full")
     # What the runtime would refuse once the member registers, refused here while an HTTP answer is
     # still possible (after the 101 it can only be a close frame).
-    runtime = get_runtime()
-    if runtime.shutting_down:
-        raise ServiceUnavailable("The server is shutting down; reconnect in a moment.", code="shutting_down",
-                                 retry_after=max(1, settings["RETRY_MS"] // 1000))
-    if runtime.open_streams >= runtime.max_streams:
-        raise ServiceUnavailable(f"This worker is serving its maximum of {runtime.max_streams} streams; retry "
-                                 "shortly.", code="too_many_streams", retry_after=max(1, settings["RETRY_MS"] // 1000))
+    refused = get_runtime().refusal()
+    if refused is not None:
+        raise refused
     return None
 
 

@@ -141,28 +141,31 @@ class StreamRuntime:
         """The streams open now (a copy: they come and go while the caller looks)."""
         return list(self._open)
 
-    def admit(self, body: Stream) -> None:
-        """Register a new stream, or refuse it with 503 (cap reached or shutting down)."""
+    def refusal(self) -> ServiceUnavailable | None:
+        """The 503 a new stream gets now (shutting down, or the worker at its stream cap), or None. Also
+        asked before a WebSocket upgrade, while an HTTP answer is still possible."""
+        retry = max(1, self.settings["RETRY_MS"] // 1000)
         if self.shutting_down:
-            self._reject(body, "The server is shutting down; reconnect in a moment.", "shutting_down")
+            return ServiceUnavailable("The server is shutting down; reconnect in a moment.", code="shutting_down",
+                                      retry_after=retry)
+        if len(self._open) >= self.max_streams:
+            return ServiceUnavailable(f"This worker is serving its maximum of {self.max_streams} streams; retry "
+                                      "shortly.", code="too_many_streams", retry_after=retry)
+        return None
+
+    def admit(self, body: Stream) -> None:
+        """Register a new stream, or refuse it with 503 (:meth:`refusal`)."""
+        refused = self.refusal()
+        if refused is not None:
+            self.streams_rejected += 1
+            self.metrics.rejected(refused.code)
+            signals.emit(signals.stream_rejected, body, reason=refused.code)
+            raise refused
         self._open.add(body)
-        if len(self._open) > self.max_streams:
-            self._open.discard(body)
-            self._reject(
-                body,
-                f"This worker is serving its maximum of {self.max_streams} streams; retry shortly.",
-                "too_many_streams",
-            )
         self.streams_opened += 1
         body.log_context = stream_context()
         self.metrics.opened(body.kind)
         signals.emit(signals.stream_opened, body, kind=body.kind)
-
-    def _reject(self, body: Stream, message: str, code: str) -> None:
-        self.streams_rejected += 1
-        self.metrics.rejected(code)
-        signals.emit(signals.stream_rejected, body, reason=code)
-        raise ServiceUnavailable(message, code=code, retry_after=max(1, self.settings["RETRY_MS"] // 1000))
 
     def release(self, body: Stream, reason: str) -> None:
         if body not in self._open:
