@@ -45,7 +45,6 @@ from urllib.parse import urlsplit
 import gevent
 from flask import Blueprint, Flask, current_app, jsonify, request
 from flask_sock import Sock
-from wsproto.utilities import LocalProtocolError
 
 from .auth import presented_claims, require
 from .errors import ApiError
@@ -54,6 +53,7 @@ from .hub.names import guarded_names, room_channel
 from .hub.presence import Presence
 from .limits import TokenBucket
 from .runtime import StreamRuntime, get_runtime
+from .transport import websocket
 from .transport.parked import ParkedStream, parking_lot
 from .wire.untrusted import Rejected, parse_json
 from .wire.websocket import close_frame, text_frame
@@ -74,62 +74,9 @@ _TRY_LATER = {"slow_client": "too slow: messages were piling up",
 rooms_api = Blueprint("rooms", __name__)
 
 
-class InlineThread:
-    """Given to simple-websocket as its thread class: no receive thread is started. The worker's parking
-    lot reads every member's socket (:meth:`ParkedMember.read_ready`) and hands the bytes to the
-    connection's protocol state (wsproto, through simple-websocket's event handling)."""
-
-    def __init__(self, target: Any) -> None:
-        self.name = "rover-stream-ws-reader"
-
-    def start(self) -> None:
-        pass
-
-
-class MemberSocket:
-    """Stands in for the connection's socket inside simple-websocket, which only sends through it (pongs,
-    close frames): handed to the member's writer, the only one that writes."""
-
-    __slots__ = ("_member",)
-
-    def __init__(self, member: Member) -> None:
-        self._member = member
-
-    def send(self, data: bytes) -> int:
-        self._member.send_raw(bytes(data))
-        return len(data)
-
-    sendall = send
-
-    def close(self) -> None:
-        pass  # the member ends the connection (close frame, then linger) once its writer is done
-
-
-class InputEvent:
-    """Stands in for simple-websocket's event: a message that arrived is handled at once."""
-
-    __slots__ = ("_on_input",)
-
-    def __init__(self, on_input: Any) -> None:
-        self._on_input = on_input
-
-    def set(self) -> None:
-        self._on_input()
-
-    def clear(self) -> None:
-        pass
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return True
-
-
 PING_FRAME = b"\x89\x00"
 #: Most bytes read from one connection in one turn of the reader before the others get theirs.
 READ_TURN = 256 * 1024
-
-
-def _closed_already(*args: Any, **kwargs: Any) -> None:
-    """flask-sock closes the connection when the handler returns; a parked member lives on."""
 
 
 class ParkedMember(ParkedStream):
@@ -178,12 +125,8 @@ class ParkedMember(ParkedStream):
                 member.end_input()
                 return
             self.last_input = time.monotonic()
-            try:
-                ws.ws.receive_data(data)
-                ws.connected = ws._handle_events()  # may call member.on_input, member.send_raw
-            except LocalProtocolError:
-                ws.connected = False
-            if not ws.connected or member.closing:
+            connected = websocket.feed(ws, data)  # may call member.on_input, member.send_raw
+            if not connected or member.closing:
                 member.end_input()
                 return
             received += len(data)
@@ -306,11 +249,8 @@ class Member:
 
     def on_input(self) -> None:
         """Messages the client sent (simple-websocket's input buffer): checked, then published."""
-        ws = self.ws
-        while ws.input_buffer:
-            raw = ws.input_buffer.pop(0)
+        for raw in websocket.messages(self.ws):
             if self.closing:
-                ws.input_buffer.clear()
                 return
             if not self.allow_message():
                 self.end_reason = "rate_limited"
@@ -335,7 +275,7 @@ class Member:
         """Stop reading; the member then leaves the room (in a greenlet of its own: it may block)."""
         if self.input_open:
             self.input_open = False
-            self.ws.connected = False
+            websocket.mark_closed(self.ws)
             if self.parked is not None:
                 self.parked.stop_reading()
             gevent.spawn(self._leave)
@@ -474,10 +414,7 @@ def comms(ws: Any, team_channel: str) -> None:
     parked = ParkedMember(lot, member, sock)
     lot.add(parked)
     member.parked = parked
-    ws.sock = MemberSocket(member)
-    ws.event = InputEvent(member.on_input)
-    ws.environ = None  # the request is over for us: let its objects go
-    ws.close = _closed_already
+    websocket.take_over(ws, member.send_raw, member.on_input)
     history = [{**m.data, "id": m.id} for m in hub.history(channel)[-settings["ROOM_HISTORY"]:]
                if isinstance(m.data, dict) and m.data.get("type") == "message"]  # ids as in live frames
     member.send_frame({"type": "history", "room": room, "messages": history})
@@ -571,9 +508,6 @@ Sock().route("/ws/comms/<team_channel>", bp=rooms_api)(comms)
 def init_rooms(app: Flask, runtime: StreamRuntime) -> None:
     """Room presence for ``app`` (shared through Redis when the hub is), and flask-sock's options."""
     settings = runtime.settings
-    app.config.setdefault("SOCK_SERVER_OPTIONS", {
-        # Pings are sent by the parking lot's writer (ParkedMember.heartbeat), not by simple-websocket.
-        "max_message_size": settings["WS_MAX_MESSAGE_BYTES"],
-        "thread_class": InlineThread,
-    })
+    # Pings are sent by the parking lot's writer (ParkedMember.heartbeat), not by simple-websocket.
+    app.config.setdefault("SOCK_SERVER_OPTIONS", websocket.server_options(settings["WS_MAX_MESSAGE_BYTES"]))
     app.extensions["rover_stream_presence"] = runtime.hub.engine.presence()

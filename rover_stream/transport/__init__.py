@@ -9,7 +9,9 @@
   kept inside their folder;
 - :mod:`.parked` -- parked streams: connections served by one writer greenlet per worker instead of one
   greenlet each (SSE subscriptions, room members);
-- :mod:`.sockets` -- what a response knows of its socket: peer closed, writable, bytes acknowledged.
+- :mod:`.sockets` -- what a response knows of its socket: peer closed, writable, bytes acknowledged;
+- :mod:`.websocket` -- the one adapter that reaches inside simple-websocket, so that a WebSocket
+  connection is read by the parking lot and written by its one writer.
 
 The wire formats they write are pure and live in :mod:`rover_stream.wire`.
 """
