@@ -84,7 +84,7 @@ def take_over(ws: Any, send: Callable[[bytes], None], on_input: Callable[[], Non
     ws.close = _closed_already
 
 
-def feed(ws: Any, data: bytes) -> bool:
+def feed(ws: Any, data: bytes | bytearray) -> bool:
     """Hand bytes read from the socket to the protocol (answering pings, taking messages, a close); False
     once the connection is over (closed, or a protocol error)."""
     try:
