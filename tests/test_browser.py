@@ -88,7 +88,7 @@ def test_dashboard_loads_and_goes_live(browser: Any, server: Any) -> None:
 def test_telemetry_values_change(browser: Any, server: Any) -> None:
     page = Page(browser, server.url)
     try:
-        seen = set()
+        seen: set[Any] = set()
         for _ in range(3):
             page.wait(f"m.telemetryEvents >= {len(seen) + 1}")
             seen.add(page.page.evaluate("JSON.stringify(window.mission.lastTelemetry)"))

@@ -694,7 +694,7 @@ def test_room_client_reconnects_after_a_server_restart_without_repeating_history
     try:
         for n in range(3):
             staying.send(f"before {n}")
-        seen = []
+        seen: list[Any] = []
         while len(seen) < 3:
             frame = staying.receive(5)
             assert frame is not None

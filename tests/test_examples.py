@@ -130,7 +130,7 @@ def whole_stream(port: int, path: str, headers: dict[str, str] | None = None,
     try:
         assert response.status == 200, response.buffer[:300]
         assert response.headers["content-type"].startswith("text/event-stream")
-        parser, events = EventStreamParser(), []
+        parser, events = EventStreamParser(), list[Any]()
         deadline = time.monotonic() + timeout
         while not response.ended:
             chunk = response.read_chunk(timeout=max(0.01, deadline - time.monotonic()))

@@ -120,7 +120,7 @@ def test_eventsource_reconnecting_on_a_kept_alive_connection_during_shutdown(liv
     stream.until(b"event: shutdown")
     connection.request("GET", "/realtime/news", headers={"Accept": "text/event-stream"})
     answer = connection.getresponse()
-    assert answer.status == 200 and answer.getheader("Content-Type").startswith("text/event-stream")
+    assert answer.status == 200 and (answer.getheader("Content-Type") or "").startswith("text/event-stream")
     assert b"event: shutdown\nretry: 1000\n" in answer.read()
     assert answer.getheader("Connection") == "close"
     connection.close()

@@ -29,7 +29,7 @@ def prometheus(port: int, headers: dict[str, str] | None = None) -> dict[str, fl
         text = response.body().decode()
     finally:
         response.close()
-    values = {}
+    values: dict[Any, Any] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "pid")

@@ -32,7 +32,7 @@ def test_three_workers_deliver_every_event_in_order(live_server: Any, redis_serv
     server = live_server(env=redis_env(redis_server, ROVER_WORKERS="3"))
     # Connect until the subscribers really are spread over the workers (each worker registers its
     # subscriber count in Redis; which worker accepts a connection is up to the kernel).
-    readers = []
+    readers: list[Any] = []
 
     def workers_with_subscribers() -> int:
         return len(json_fields(redis_server.command("HGETALL", "rover:subs:spread")))
@@ -128,7 +128,7 @@ def test_redis_dying_and_returning_loses_nothing(live_server: Any, redis_server:
 
     redis_server.start()
     wait_for(lambda: get_json(server.port, "/health")["redis"] == "ok", timeout=10)
-    after = []
+    after: list[Any] = []
     deadline = time.monotonic() + 10
     while len(after) < 10:  # the first publishes may meet a pool connection still being re-established
         assert time.monotonic() < deadline

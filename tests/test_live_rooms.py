@@ -25,7 +25,7 @@ def connect(server: Any, room: str, user: str, **kwargs: Any) -> simple_websocke
 
 
 def frames(client: simple_websocket.Client, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-    received = []
+    received: list[Any] = []
     deadline = time.monotonic() + timeout
     while len(received) < count:
         raw = client.receive(max(0.01, deadline - time.monotonic()))

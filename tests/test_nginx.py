@@ -172,7 +172,7 @@ def test_websocket_rooms_through_nginx(stack: tuple[Any, Nginx]) -> None:
     try:
         assert json.loads(client.receive(5))["type"] == "history"
         client.send("hello through nginx")
-        frames = []
+        frames: list[Any] = []
         while not any(f.get("type") == "message" for f in frames):
             raw = client.receive(5)
             assert raw is not None, frames
@@ -364,7 +364,7 @@ def test_websocket_rooms_through_https_from_the_page(stack: tuple[Any, Nginx]) -
     try:
         assert json.loads(client.receive(5))["type"] == "history"
         client.send("hello over TLS")
-        frames = []
+        frames: list[Any] = []
         while not any(f.get("type") == "message" for f in frames):
             raw = client.receive(5)
             assert raw is not None, frames

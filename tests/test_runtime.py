@@ -121,7 +121,7 @@ def test_metrics_sync_reports_streams_and_bytes(tmp_path: Path) -> None:
     before = rs.streaming_stats(app)
     client = app.test_client()
     response = client.get("/realtime/news", buffered=False)
-    first = next(iter(response.response))
+    first = bytes(next(iter(response.response)))  # type: ignore[arg-type]
     assert first.startswith(b"retry:")
     rs.get_runtime(app).metrics.sync()
     during = rs.streaming_stats(app)

@@ -224,7 +224,7 @@ def test_max_channels_bounds_channels_that_are_only_published_to(tmp_path: Path)
     assert len(hub.engine.held_channels()) <= 100
     assert hub.engine.holds("watched") or "watched" in hub.stats()["subscribers_per_channel"]
     resumed = hub.subscribe("c0", last_event_id=first)
-    events = EventStreamParser().feed(b"".join(resumed.take(1)))
+    events = EventStreamParser().feed(b"".join(resumed.take(1) or []))
     assert events[0].event == "reset" and json.loads(events[0].data)["reason"] in ("unknown", "expired")
     watched.close()
     resumed.close()
@@ -302,6 +302,7 @@ def _answered(sock: socket.socket, seen: set[int]) -> bool:
     if id(sock) in seen:
         return True
     sock.setblocking(False)
+    answered: bool
     try:
         answered = bool(sock.recv(65536, socket.MSG_PEEK)) or True
     except BlockingIOError:
