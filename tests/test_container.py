@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import socket
 import time
@@ -29,6 +28,7 @@ from containerlab import SERVER_IMAGE, Lab, PodmanError
 from wire_helpers import Publisher, subscribe, ws_client_class
 
 import rover_stream
+from tests.nginxconf import server_blocks
 
 PROJECT = "rover-stream-test"
 START_TIMEOUT = 60  # seconds for the stack to answer once its containers run
@@ -257,24 +257,11 @@ def test_the_image_refuses_an_open_hub_and_mints_tokens(stack: Stack) -> None:
     assert status == 200, body
 
 
-def _server_blocks(text: str) -> list[list[str]]:
-    """The directives of each top-level server block (comments dropped, whitespace normalised)."""
-    text = re.sub(r"#[^\n]*", "", text)
-    blocks = []
-    for match in re.finditer(r"^server\s*\{", text, re.MULTILINE):
-        depth, end = 1, match.end()
-        while depth:
-            depth += {"{": 1, "}": -1}.get(text[end], 0)
-            end += 1
-        blocks.append([" ".join(d.split()) for d in re.findall(r"[^;{}]+[;{]|\}", text[match.end():end - 1])])
-    return blocks
-
-
 def test_the_container_nginx_config_keeps_in_step_with_deploy_nginx_conf() -> None:
     """deploy/nginx-container.conf's server proxies exactly as deploy/nginx.conf's plain-HTTP server does."""
-    deploy = [block for block in _server_blocks((ROOT / "deploy" / "nginx.conf").read_text())
+    deploy = [block for block in server_blocks((ROOT / "deploy" / "nginx.conf").read_text())
               if "listen 80;" in block]
-    (container,) = _server_blocks((ROOT / "deploy" / "nginx-container.conf").read_text())
+    (container,) = server_blocks((ROOT / "deploy" / "nginx-container.conf").read_text())
     assert len(deploy) == 1, "deploy/nginx.conf has no single plain-HTTP server (listen 80;)"
     own = ("listen ", "server_name ")
     assert [d for d in container if not d.startswith(own)] == [d for d in deploy[0] if not d.startswith(own)]

@@ -10,7 +10,6 @@ import hashlib
 import http.client
 import json
 import os
-import re
 import socket
 import ssl
 import subprocess
@@ -24,6 +23,7 @@ from conftest import ROOT, need
 from wire_helpers import Publisher, request, subscribe, wait_for, ws_client_class
 
 from rover_stream.wire.sse_parser import EventStreamParser
+from tests.nginxconf import server_blocks
 
 pytestmark = pytest.mark.live
 
@@ -451,22 +451,9 @@ def test_limits_against_floods(stack: tuple[Any, Nginx], tmp_path: Path) -> None
         nginx.stop()
 
 
-def _server_blocks(text: str) -> list[list[str]]:
-    """The directives of each top-level server block (comments dropped, whitespace normalised)."""
-    text = re.sub(r"#[^\n]*", "", text)
-    blocks = []
-    for match in re.finditer(r"^server\s*\{", text, re.MULTILINE):
-        depth, end = 1, match.end()
-        while depth:
-            depth += {"{": 1, "}": -1}.get(text[end], 0)
-            end += 1
-        blocks.append([" ".join(d.split()) for d in re.findall(r"[^;{}]+[;{]|\}", text[match.end():end - 1])])
-    return blocks
-
-
 def test_the_https_and_http_servers_proxy_alike() -> None:
     """Both servers of deploy/nginx.conf carry the same proxy settings and limits; only listen and TLS differ."""
-    tls, plain = _server_blocks(SITE.read_text())
+    tls, plain = server_blocks(SITE.read_text())
     assert "listen 443 ssl http2;" in tls and "listen 80;" in plain
     tls_only = ("listen ", "ssl_", "add_header Strict-Transport-Security")
     assert [d for d in tls if not d.startswith(tls_only)] == [d for d in plain if not d.startswith(tls_only)]
