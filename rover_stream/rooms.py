@@ -414,7 +414,7 @@ def comms(ws: Any, team_channel: str) -> None:
     parked = ParkedMember(lot, member, sock)
     lot.add(parked)
     member.parked = parked
-    websocket.take_over(ws, member.send_raw, member.on_input)
+    websocket.take_over(ws, member.send_raw, member.on_input, settings["WS_MAX_MESSAGE_BYTES"])
     history = [{**m.data, "id": m.id} for m in hub.history(channel)[-settings["ROOM_HISTORY"]:]
                if isinstance(m.data, dict) and m.data.get("type") == "message"]  # ids as in live frames
     member.send_frame({"type": "history", "room": room, "messages": history})
@@ -479,6 +479,7 @@ def _check_websocket_request() -> Any:
         raise ApiError("WebSocket rooms need the gunicorn server (rover-stream serve).", status=501,
                        code="websocket_unsupported")
     _check_handshake()
+    websocket.run_inline()
     presence: Presence = current_app.extensions["rover_stream_presence"]
     if len(presence.rooms.get(room, ())) >= settings["ROOM_MAX_MEMBERS"]:
         raise ApiError(f"Room {room!r} is full ({settings['ROOM_MAX_MEMBERS']} members).", status=503,
@@ -507,7 +508,7 @@ Sock().route("/ws/comms/<team_channel>", bp=rooms_api)(comms)
 
 def init_rooms(app: Flask, runtime: StreamRuntime) -> None:
     """Room presence for ``app`` (shared through Redis when the hub is), and flask-sock's options."""
-    settings = runtime.settings
-    # Pings are sent by the parking lot's writer (ParkedMember.heartbeat), not by simple-websocket.
-    app.config.setdefault("SOCK_SERVER_OPTIONS", websocket.server_options(settings["WS_MAX_MESSAGE_BYTES"]))
+    # Room connections get no receive thread (the parking lot reads them, its writer sends the pings); the
+    # host's own flask-sock routes keep theirs.
+    websocket.install(app.config)
     app.extensions["rover_stream_presence"] = runtime.hub.engine.presence()

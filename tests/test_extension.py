@@ -169,6 +169,21 @@ def test_a_room_under_the_prefix_echoes(host_server: Any) -> None:
 
 
 @pytest.mark.live
+def test_the_hosts_own_websocket_route_still_works(host_server: Any) -> None:
+    """The host's flask-sock route keeps its receive thread (rooms' connections run without one)."""
+    import simple_websocket
+
+    client = simple_websocket.Client.connect(f"ws://127.0.0.1:{host_server.port}/echo")
+    try:
+        for text in ("one", "two"):
+            client.send(text)
+            assert client.receive(timeout=10) == f"echo: {text}"
+    finally:
+        client.close()
+    assert room_echo(f"ws://127.0.0.1:{host_server.port}{PREFIX}/ws/comms/science?user=ada", "and rooms")
+
+
+@pytest.mark.live
 def test_the_hosts_own_pages_under_gunicorn(host_server: Any) -> None:
     missing = request(host_server.port, "/nope")
     assert missing.status == 404 and missing.headers["content-type"].startswith("text/html")

@@ -42,7 +42,7 @@ def test_a_connection_run_by_the_lot(connection: tuple[Any, socket.socket]) -> N
     ws, _ = connection
     written: list[bytes] = []
     received: list[Any] = []
-    adapter.take_over(ws, written.append, lambda: received.extend(adapter.messages(ws)))
+    adapter.take_over(ws, written.append, lambda: received.extend(adapter.messages(ws)), 1024)
     client = FrameProtocol(client=True, extensions=[])
     assert adapter.feed(ws, client.send_data("hello", fin=True) + client.send_data("again", fin=True))
     assert received == ["hello", "again"]
@@ -55,7 +55,7 @@ def test_a_connection_run_by_the_lot(connection: tuple[Any, socket.socket]) -> N
 def test_a_message_over_the_limit_ends_the_connection(connection: tuple[Any, socket.socket]) -> None:
     ws, _ = connection
     written: list[bytes] = []
-    adapter.take_over(ws, written.append, lambda: None)
+    adapter.take_over(ws, written.append, lambda: None, 1024)
     client = FrameProtocol(client=True, extensions=[])
     assert not adapter.feed(ws, client.send_data("x" * 2048, fin=True))
     assert written and written[-1][0] == 0x88 and int.from_bytes(written[-1][2:4], "big") == 1009

@@ -10,30 +10,64 @@ simple-websocket's insides (its protocol object ``ws``, ``_handle_events``, ``in
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
+from flask import has_request_context, request
 from wsproto.utilities import LocalProtocolError
 
 #: The simple-websocket versions this adapter was checked against (its internals are not an API).
 CHECKED = ("1.0", "1.2")  # from 1.0 up to, not including, 1.2
 
 
+#: Set in a request's environ (:func:`run_inline`) for a connection the parking lot will read.
+INLINE = "rover_stream.websocket_inline"
+
+
 class InlineThread:
-    """Given to simple-websocket as its thread class: no receive thread is started. The parking lot feeds
-    the connection what it reads (:func:`feed`)."""
+    """simple-websocket's thread class. For a connection marked with :func:`run_inline` no receive thread is
+    started: the parking lot feeds it what it reads (:func:`feed`). Any other WebSocket route of the app
+    (the host's own flask-sock routes) gets the thread it would have had (:attr:`fallback`)."""
+
+    fallback: Any = threading.Thread
+    #: Inline for every connection, marked or not (a connection built directly: :func:`server_options`).
+    always = False
 
     def __init__(self, target: Any) -> None:
-        self.name = "rover-stream-ws-reader"
+        inline = self.always or (has_request_context() and bool(request.environ.get(INLINE)))
+        self._thread = None if inline else self.fallback(target=target)
+        self.name = "rover-stream-ws-reader" if self._thread is None else self._thread.name
 
     def start(self) -> None:
-        pass
+        if self._thread is not None:
+            self._thread.name = self.name
+            self._thread.start()
+
+
+def run_inline() -> None:
+    """Mark the current request's WebSocket as one the parking lot reads (before flask-sock accepts it)."""
+    request.environ[INLINE] = True
+
+
+def install(config: dict[str, Any]) -> None:
+    """Put :class:`InlineThread` into flask-sock's app-wide ``SOCK_SERVER_OPTIONS``, keeping the host's own
+    options and thread class for its own routes."""
+    options = dict(config.get("SOCK_SERVER_OPTIONS") or {})
+    if isinstance(options.get("thread_class"), type) and issubclass(options["thread_class"], InlineThread):
+        return
+    host_thread = options.get("thread_class") or threading.Thread
+    options["thread_class"] = type("InlineThread", (InlineThread,), {"fallback": host_thread})
+    config["SOCK_SERVER_OPTIONS"] = options
+
+
+class _AlwaysInline(InlineThread):
+    always = True
 
 
 def server_options(max_message_size: int) -> dict[str, Any]:
-    """flask-sock's ``SOCK_SERVER_OPTIONS`` for connections run this way (pings are the writer's, not
-    simple-websocket's)."""
-    return {"max_message_size": max_message_size, "thread_class": InlineThread}
+    """simple-websocket's options for a connection run this way, built directly rather than by flask-sock."""
+    return {"max_message_size": max_message_size, "thread_class": _AlwaysInline}
 
 
 class _WriterSocket:
@@ -51,6 +85,9 @@ class _WriterSocket:
 
     def sendall(self, data: bytes) -> None:
         self._send(bytes(data))
+
+    def close(self) -> None:
+        """The connection's end is the parking lot's business, not simple-websocket's."""
 
 
 class _InputEvent:
@@ -75,9 +112,12 @@ def _closed_already(*args: Any, **kwargs: Any) -> None:
     """flask-sock closes the connection when the handler returns; a parked member lives on."""
 
 
-def take_over(ws: Any, send: Callable[[bytes], None], on_input: Callable[[], None]) -> None:
+def take_over(ws: Any, send: Callable[[bytes], None], on_input: Callable[[], None],
+              max_message_size: int) -> None:
     """From now on ``ws`` sends through ``send`` (the writer), calls ``on_input`` when messages arrived
-    (read them with :func:`messages`), and outlives the route that accepted it."""
+    (read them with :func:`messages`), closes with 1009 past ``max_message_size``, and outlives the route
+    that accepted it."""
+    ws.max_message_size = max_message_size
     ws.sock = _WriterSocket(send)
     ws.event = _InputEvent(on_input)
     ws.environ = None  # the request is over: let its objects go

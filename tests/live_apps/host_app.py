@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from flask_sock import Sock
 
 import rover_stream as rs
 
@@ -43,6 +44,18 @@ def make_app(with_streams: bool = True, config: dict[str, Any] | None = None) ->
     @app.post("/boom")
     def boom() -> Any:
         raise ValueError("the host's own bug")
+
+    # The host's own flask-sock route, with its own options: rover_stream's rooms must not change how it runs.
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 25}
+    sock = Sock(app)
+
+    @sock.route("/echo")
+    def echo(ws: Any) -> None:
+        while True:
+            message = ws.receive(timeout=10)
+            if message is None:
+                return
+            ws.send(f"echo: {message}")
 
     if with_streams:
         streams = rs.RoverStream(app, url_prefix=PREFIX, config=config)
