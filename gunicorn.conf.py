@@ -58,8 +58,11 @@ from rover_stream.server.config import *  # noqa: F403 (gunicorn reads this modu
 #       (~/.gunicorn/gunicorn.ctl), so several servers on one host (tests, benchmarks, blue/green) would
 #       fight over it. rover_stream does not use it.
 
-# Server hooks (imported above; replace one by defining a function of the same name, calling the
-# imported one from it to keep its work)
+# Server hooks (imported above). To add to one, keep the imported function under another name first:
+#     from rover_stream.server.config import on_starting as rover_on_starting
+#     def on_starting(server):
+#         rover_on_starting(server)
+#         ...
 #
 #   on_starting - In the master before it forks. Refuses to serve an open hub (no ROVER_SECRET_KEY) beyond
 #       loopback, and more than one worker without ROVER_REDIS_URL (a split hub); warns when it runs open

@@ -19,9 +19,10 @@ Route authors write plain ``def`` views that return streaming responses, in thei
 ``create_app()`` is the same in one line, for an app that is all rover_stream. Serve either with
 ``rover-stream serve --app module:app`` (gunicorn with gevent workers).
 
-The public API is re-exported here; the modules are: ``wire`` (pure encoders), ``pipe`` (producer/socket
-hand-off), ``streaming``/``sse``/``files`` (responses), ``runtime`` (stream cap, shutdown), ``settings``,
-``extension`` (:class:`RoverStream`), ``server`` (the gunicorn integration).
+The public API is re-exported here; the packages are: ``wire`` (pure encoders and bounded parsing),
+``transport`` (bodies, SSE responses, files, parked connections), ``hub`` (pub/sub and its engines),
+``server`` (the gunicorn integration), ``client`` (the Python client), and the modules ``runtime`` (stream
+cap, shutdown), ``body`` (request bodies), ``settings``, ``extension`` (:class:`RoverStream`).
 """
 
 __version__ = "0.1.0.dev0"

@@ -108,6 +108,14 @@ def require(secret: str | None, action: str, channels: Iterable[str]) -> dict[st
     return claims
 
 
+def require_token(secret: str | None, action: str) -> dict[str, Any] | None:
+    """401 unless the current request carries a valid token (which channels it covers is checked later,
+    once they are known). No secret: open."""
+    if secret is None:
+        return None
+    return _request_claims(secret, f"A bearer token is required to {action} here")
+
+
 def presented_claims(secret: str | None) -> dict[str, Any] | None:
     """The verified claims of the token the current request carries, or None (no secret, no token, or a
     token that does not verify: where no token is needed, a stale one is no reason to refuse)."""

@@ -15,7 +15,9 @@ server does not wait for (or swallow) the rest of a body it will not use.
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
 import time
 from typing import Any
 
@@ -33,6 +35,7 @@ from .wire.untrusted import Rejected, parse_json
 GRACE = 5.0
 #: Bytes asked for per read: the rate is checked between reads.
 READ_SIZE = 16 * 1024
+_READERS_LOCK = threading.Lock()
 
 
 def json_body() -> Any:
@@ -61,8 +64,8 @@ class BodyRefused(ApiError):
 
 
 def read_body(limit: int | None = None) -> bytes:
-    """The current request's body under the policy above, or :class:`BodyRefused` (413, 408, 400) or
-    :class:`ServiceUnavailable` (503: too many bodies being read)."""
+    """The current request's body under the policy above, or :class:`BodyRefused`: 413, 408, 400, or 503
+    when the worker is reading as many bodies as it may."""
     runtime = get_runtime()
     settings = runtime.settings
     limit = settings["MAX_BODY_BYTES"] if limit is None else limit
@@ -73,28 +76,32 @@ def read_body(limit: int | None = None) -> bytes:
                           code="request_entity_too_large")
     if not declared and not chunked:
         return b""
-    if runtime.body_readers >= settings.max_body_readers:
-        raise BodyRefused(f"This worker is reading its maximum of {settings.max_body_readers} request bodies at "
-                          "once; retry shortly.", status=503, code="too_many_bodies", headers={"Retry-After": "1"})
-    runtime.body_readers += 1
+    with _READERS_LOCK:  # under real threads, += is not atomic: a count that drifts up would refuse forever
+        if runtime.body_readers >= settings.max_body_readers:
+            raise BodyRefused(f"This worker is reading its maximum of {settings.max_body_readers} request bodies "
+                              "at once; retry shortly.", status=503, code="too_many_bodies",
+                              headers={"Retry-After": "1"})
+        runtime.body_readers += 1
     try:
-        body = _read(limit, settings["BODY_TIMEOUT"], settings["BODY_MIN_RATE"])
+        body = _read(limit, declared, settings["BODY_TIMEOUT"], settings["BODY_MIN_RATE"])
         request.environ[_BODY_READ] = True
         return body
     finally:
-        runtime.body_readers -= 1
+        with _READERS_LOCK:
+            runtime.body_readers -= 1
 
 
-def _read(limit: int, timeout: float, min_rate: float) -> bytes:
+def _read(limit: int, declared: int | None, timeout: float, min_rate: float) -> bytes:
     stream = request.stream
     chunks: list[bytes] = []
     received = 0
     start = time.monotonic()
     deadline_rule = _Deadline() if gevent_active() else None
     while True:
-        # The latest moment this read may end: the whole body's deadline, or when the bytes so far would
-        # fall below the minimum rate.
-        allowed = min(timeout, max(GRACE, received / min_rate)) - (time.monotonic() - start)
+        # The latest moment this read may end: the whole body's deadline, or when the bytes it asks for
+        # would have come at the minimum rate (a read returns only once it has them all, or the body ended).
+        asked = READ_SIZE if declared is None else min(READ_SIZE, declared - received)
+        allowed = min(timeout, max(GRACE, (received + asked) / min_rate)) - (time.monotonic() - start)
         try:
             chunk = deadline_rule.read(stream, READ_SIZE, allowed) if deadline_rule else stream.read(READ_SIZE)
         except _TooSlow:
@@ -109,6 +116,9 @@ def _read(limit: int, timeout: float, min_rate: float) -> bytes:
             raise BodyRefused(f"The body could not be read: {type(exc).__name__}.", status=400,
                               code="malformed_body") from None
         if not chunk:
+            if declared is not None and received < declared:  # the client hung up mid-body
+                raise BodyRefused(f"The body ended after {received} of its {declared} bytes.", status=400,
+                                  code="malformed_body")
             return b"".join(chunks)
         received += len(chunk)
         if received > limit:
@@ -161,7 +171,10 @@ def close_unread_bodies(response: Any) -> Any:
 
 
 def _shut_reading(sock: Any) -> None:
+    """Shut the reading side through a duplicate of the descriptor: on a TLS socket, shutting the
+    SSLSocket itself would drop its TLS state, and gunicorn could then write in clear."""
     try:
-        sock.shutdown(socket.SHUT_RD)
+        with socket.socket(fileno=os.dup(sock.fileno())) as duplicate:
+            duplicate.shutdown(socket.SHUT_RD)
     except OSError:
         pass

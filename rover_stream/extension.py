@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, current_app, has_app_context
 
 from . import settings as settings_module
 from .body import close_unread_bodies
@@ -118,6 +118,10 @@ class RoverStream:
         return self._runtime().hub.publish(channel, data, event=event)
 
     def _runtime(self) -> StreamRuntime:
+        """The current app's runtime when there is one (an extension object may serve several apps, as
+        with an application factory), else that of the app it was last set up on."""
+        if has_app_context() and EXTENSION_KEY in current_app.extensions:
+            return current_app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
         if self.runtime is None:
             raise RuntimeError("RoverStream is not set up on an app yet: call init_app(app) first.")
         return self.runtime

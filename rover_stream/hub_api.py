@@ -18,7 +18,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from .auth import require
+from .auth import require, require_token
 from .body import json_body
 from .errors import ApiError, EncodeError
 from .hub import validate_channel
@@ -59,6 +59,8 @@ def realtime(channel: str | None = None) -> Any:
 @api.post("/api/broadcast")
 def broadcast() -> Any:
     runtime = get_runtime()
+    # Before the body is read: a client without a token must not hold one of the few body-reading slots.
+    require_token(_secret(), "publish")
     body = json_body()
     channel, event, data = _broadcast_fields(body, runtime.settings["DEFAULT_CHANNEL"])
     claims = require(_secret(), "publish", [channel])

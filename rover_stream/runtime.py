@@ -141,27 +141,29 @@ class StreamRuntime:
         """The streams open now (a copy: they come and go while the caller looks)."""
         return list(self._open)
 
-    def refusal(self) -> ServiceUnavailable | None:
+    def refusal(self, extra: int = 0) -> ServiceUnavailable | None:
         """The 503 a new stream gets now (shutting down, or the worker at its stream cap), or None. Also
         asked before a WebSocket upgrade, while an HTTP answer is still possible."""
         retry = max(1, self.settings["RETRY_MS"] // 1000)
         if self.shutting_down:
             return ServiceUnavailable("The server is shutting down; reconnect in a moment.", code="shutting_down",
                                       retry_after=retry)
-        if len(self._open) >= self.max_streams:
+        if len(self._open) >= self.max_streams + extra:
             return ServiceUnavailable(f"This worker is serving its maximum of {self.max_streams} streams; retry "
                                       "shortly.", code="too_many_streams", retry_after=retry)
         return None
 
     def admit(self, body: Stream) -> None:
         """Register a new stream, or refuse it with 503 (:meth:`refusal`)."""
-        refused = self.refusal()
+        # Added first, then counted: two real threads admitting at once cannot both pass the cap.
+        self._open.add(body)
+        refused = self.refusal(extra=1)
         if refused is not None:
+            self._open.discard(body)
             self.streams_rejected += 1
             self.metrics.rejected(refused.code)
             signals.emit(signals.stream_rejected, body, reason=refused.code)
             raise refused
-        self._open.add(body)
         self.streams_opened += 1
         body.log_context = stream_context()
         self.metrics.opened(body.kind)
@@ -222,8 +224,8 @@ def get_runtime(app: Flask | None = None) -> StreamRuntime:
         return app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
     except KeyError:
         raise RuntimeError(
-            "rover_stream is not set up on this app: create it with rover_stream.create_app() or call "
-            "rover_stream.init_app(app)."
+            "rover_stream is not set up on this app: create it with rover_stream.create_app(), or add "
+            "rover_stream.RoverStream(app)."
         ) from None
 
 

@@ -13,6 +13,7 @@ keeps it current).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -23,6 +24,7 @@ from typing import Any
 from .errors import ConfigError
 
 PREFIX = "ROVER_"
+log = logging.getLogger("rover_stream.settings")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 
 
@@ -438,7 +440,13 @@ def load(config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | N
         elif setting.key in environ:
             values[setting.name] = _parse_one(setting, environ[setting.key], "environment")
         elif setting.convention is not None and (conventional := setting.convention(environ)) is not None:
-            values[setting.name] = _parse_one(setting, conventional, f"environment: {setting.convention_names}")
+            try:
+                values[setting.name] = _parse_one(setting, conventional, f"environment: {setting.convention_names}")
+            except ConfigError as exc:
+                # Those variables belong to the platform and to other tools (LOG_LEVEL=warn, say): a value
+                # that is not ours to read is no reason to refuse to start.
+                log.warning("%s Using the default, %r.", exc, setting.default)
+                values[setting.name] = setting.default
         else:
             values[setting.name] = setting.default
     return Settings(values)

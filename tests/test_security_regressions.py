@@ -223,9 +223,15 @@ def test_max_channels_bounds_channels_that_are_only_published_to(tmp_path: Path)
     assert hub.engine.stats()["history_events"] <= 100
     assert len(hub.engine.held_channels()) <= 100
     assert hub.engine.holds("watched") or "watched" in hub.stats()["subscribers_per_channel"]
+    # c0 was forgotten; it begins again, and its new ids must not be taken for the old ones.
+    again = [hub.publish("c0", f"again {n}").message.id for n in range(2)]
+    assert first not in again
     resumed = hub.subscribe("c0", last_event_id=first)
-    events = EventStreamParser().feed(b"".join(resumed.take(1) or []))
+    parser, events = EventStreamParser(), []
+    while len(events) < 3 and (parts := resumed.take(1)):
+        events += parser.feed(b"".join(parts))
     assert events[0].event == "reset" and json.loads(events[0].data)["reason"] in ("unknown", "expired")
+    assert [e.last_event_id for e in events[1:]][-2:] == again  # everything of the new c0
     watched.close()
     resumed.close()
 

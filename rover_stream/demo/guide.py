@@ -54,7 +54,8 @@ def _number_arg(name: str, default: float, low: float, high: float, integer: boo
 def _json_object(optional: bool = False) -> dict[str, Any]:
     """The request's JSON object body (the library's body policy: size, time, bounded JSON): 415 when it
     is not JSON, 400 when it is not an object; ``optional``: an empty body is ``{}``."""
-    if optional and not request.content_length and "chunked" not in request.headers.get("Transfer-Encoding", ""):
+    if optional and not request.content_length and "chunked" not in request.headers.get("Transfer-Encoding",
+                                                                                            "").lower():
         return {}  # POST /process-stream without a body: the defaults
     body = rs.json_body()
     if not isinstance(body, dict):

@@ -17,11 +17,12 @@ from . import Replay
 
 
 class ChannelLog:
-    """One channel's sequence counter and history."""
+    """One channel's epoch, sequence counter and history."""
 
-    __slots__ = ("seq", "history")
+    __slots__ = ("epoch", "seq", "history")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, epoch: int, size: int) -> None:
+        self.epoch = epoch
         self.seq = 0
         self.history: deque[Message] = deque(maxlen=size)
 
@@ -31,9 +32,10 @@ class MemoryEngine:
     remote = False
 
     def __init__(self, history_size: int, history_ttl: float, history_sizes: dict[str, int] | None = None) -> None:
-        # The epoch tells this process's ids from those of a previous run: an id from before a restart is
+        # Every channel log gets an epoch of its own, later than any before it in this process: an id from
+        # before a restart, or from before the channel was forgotten (to make room) and begun again, is
         # "unknown", never mistaken for a position in the new history.
-        self.epoch = time.time_ns() // 1_000_000
+        self._last_epoch = 0
         self.history_size = history_size
         #: History sizes for channels whose name starts with a prefix (rooms keep ROOM_HISTORY messages).
         self.history_sizes = dict(history_sizes or {})
@@ -43,14 +45,15 @@ class MemoryEngine:
     def _log(self, channel: str) -> ChannelLog:
         log = self._logs.get(channel)
         if log is None:
-            log = self._logs[channel] = ChannelLog(self.size_for(channel))
+            self._last_epoch = max(time.time_ns() // 1_000_000, self._last_epoch + 1)
+            log = self._logs[channel] = ChannelLog(self._last_epoch, self.size_for(channel))
         return log
 
     def append(self, channel: str, event: str | None, data: Any, body: bytes) -> Message:
         log = self._log(channel)
         log.seq += 1
         now = time.time()
-        message = Message(channel, (self.epoch, log.seq), event, data, body, now)
+        message = Message(channel, (log.epoch, log.seq), event, data, body, now)
         if log.history.maxlen:
             log.history.append(message)
             self._expire(log, now)
@@ -69,14 +72,16 @@ class MemoryEngine:
             history.popleft()
 
     def head(self, channel: str) -> Key:
-        log = self._logs.get(channel)
-        return (self.epoch, log.seq if log else 0)
+        """The position of a new subscriber; the channel's log (and epoch) begins here if it had none, so
+        that the position can be resumed from."""
+        log = self._log(channel)
+        return (log.epoch, log.seq)
 
     def after(self, channel: str, key: Key | None) -> Replay:
         log = self._log(channel)
         self._expire(log, time.time())
         history = log.history
-        if key is None or key[0] != self.epoch or key[1] > log.seq:
+        if key is None or key[0] != log.epoch or key[1] > log.seq:
             return Replay(list(history), reset="unknown")
         first = history[0].key[1] if history else log.seq + 1
         if key[1] >= first - 1:
