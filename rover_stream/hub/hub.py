@@ -281,8 +281,12 @@ class Hub:
     def history(self, channel: str, after: str | None = None) -> list[Message]:
         """The messages ``channel`` still keeps, oldest first; only those after id ``after`` if given."""
         validate_channel(channel)
+        key = parse_id(after) if after else None
+        if self.remote:  # a network round trip: never with the lock held (the reader delivers under it)
+            remote: list[Message] = self.engine.history(channel, key)
+            return remote
         with self._lock:
-            messages: list[Message] = self.engine.history(channel, parse_id(after) if after else None)
+            messages: list[Message] = self.engine.history(channel, key)
         return messages
 
     def stats(self) -> dict[str, Any]:
