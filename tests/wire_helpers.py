@@ -212,16 +212,21 @@ def ws_client_class() -> Any:
     return Client
 
 
+def next_message(room: Any, timeout: float = 10.0, text: str | None = None) -> dict[str, Any]:
+    """The next ``message`` frame a room member receives (with ``text``, when given); fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = json.loads(room.receive(timeout=max(0.1, deadline - time.monotonic())) or "{}")
+        if frame.get("type") == "message" and (text is None or frame.get("text") == text):
+            return frame  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, f"no message{f' {text!r}' if text else ''} within {timeout} s"
+
+
 def room_echo(url: str, text: str, timeout: float = 10.0) -> dict[str, Any]:
     """Join the room at ``url`` (JSON frames), say ``text``, and return the room's message frame for it."""
     room = ws_client_class().connect(url)
     try:
         room.send(json.dumps({"type": "message", "text": text}))
-        deadline = time.monotonic() + timeout
-        while True:
-            frame = json.loads(room.receive(timeout=max(0.1, deadline - time.monotonic())) or "{}")
-            if frame.get("type") == "message" and frame.get("text") == text:
-                return frame  # type: ignore[no-any-return]
-            assert time.monotonic() < deadline, f"the room at {url} did not echo {text!r}"
+        return next_message(room, timeout, text)
     finally:
         room.close()
