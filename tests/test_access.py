@@ -63,7 +63,7 @@ def token(kind: str, *, scope: str = "right", secret: str = SECRET, expired: boo
     if need == "admin":
         if scope == "wrong":
             return rs.mint_token(secret, publish=["*"], subscribe=["*"])
-        claims = {"admin": True}
+        claims: dict[str, Any] = {"admin": True}
     else:
         claims = {need: [channel]}
     now = int(time.time())

@@ -209,7 +209,8 @@ def test_publishing_faster_than_the_rate_gets_429_with_retry_after(tmp_path: Any
     statuses = [a.status_code for a in answers]
     assert statuses[:10] == [200] * 10  # a burst of twice the rate
     limited = answers[10]
-    assert limited.status_code == 429 and limited.json["error"] == "rate_limited"
+    assert limited.status_code == 429 and limited.json is not None
+    assert limited.json["error"] == "rate_limited"
     assert int(limited.headers["Retry-After"]) >= 1
     assert len(rs.get_hub(app).history("news")) == 10  # nothing published beyond the limit
     other = client.post("/api/broadcast", json={"channel": "news", "data": "x"},

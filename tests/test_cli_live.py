@@ -439,7 +439,7 @@ def test_chat_without_a_terminal_sends_each_line_of_stdin(server: Any) -> None:
                                 text=True, env=cli_env(), timeout=20)
         assert result.returncode == 0, result.stderr
         assert "* in cli-pipe: ci, observer" in result.stdout and "* you left cli-pipe" in result.stdout
-        frames = []
+        frames: list[dict[str, Any]] = []
         while not frames or frames[-1]["type"] != "leave":
             frame = observer.receive(5)
             assert frame is not None, frames

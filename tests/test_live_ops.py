@@ -225,7 +225,8 @@ def test_ready_is_503_while_shutting_down(tmp_path: Any) -> None:
     assert client.get("/ready").status_code == 200
     rs.get_runtime(app).begin_shutdown()
     answer = client.get("/ready")
-    assert answer.status_code == 503 and answer.json["checks"]["shutdown"] == {"ok": False}
+    assert answer.status_code == 503 and answer.json is not None
+    assert answer.json["checks"]["shutdown"] == {"ok": False}
 
 
 def test_metrics_and_stats_need_an_admin_token_when_auth_is_on(live_server: Any) -> None:

@@ -69,7 +69,12 @@ def test_a_failing_producer_is_reported_and_restarted(bare_app: Any, monkeypatch
 def test_producers_registered_late_start_at_once_and_names_are_unique(bare_app: Any) -> None:
     rs.get_runtime(bare_app).start_producers()
     started = threading.Event()
-    producer = rs.add_producer(bare_app, "late", lambda stop: (started.set(), stop.wait()))
+
+    def late(stop: threading.Event) -> None:
+        started.set()
+        stop.wait()
+
+    producer = rs.add_producer(bare_app, "late", late)
     assert started.wait(2)
     with pytest.raises(ValueError, match="already registered"):
         rs.add_producer(bare_app, "late", lambda stop: None)
@@ -80,7 +85,12 @@ def test_producers_registered_late_start_at_once_and_names_are_unique(bare_app: 
 
 def test_shutdown_stops_producers(bare_app: Any) -> None:
     stopped = threading.Event()
-    rs.add_producer(bare_app, "bye", lambda stop: (stop.wait(), stopped.set()))
+
+    def bye(stop: threading.Event) -> None:
+        stop.wait()
+        stopped.set()
+
+    rs.add_producer(bare_app, "bye", bye)
     runtime = rs.get_runtime(bare_app)
     runtime.start_producers()
     runtime.begin_shutdown()

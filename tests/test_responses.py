@@ -104,7 +104,7 @@ def test_stream_cap_refuses_with_503_json(tmp_path: Any) -> None:
     second = client.get("/sse")
     assert second.status_code == 503
     assert second.headers["Retry-After"] == "7"
-    assert second.json["error"] == "too_many_streams"
+    assert second.json is not None and second.json["error"] == "too_many_streams"
     first.close()
     third = client.get("/sse", buffered=False)
     assert third.status_code == 200

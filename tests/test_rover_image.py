@@ -159,8 +159,8 @@ def test_invalid_arguments_are_refused_before_writing(tmp_path: Path, kwargs: di
 
 
 def test_the_picture_is_a_martian_landscape_not_noise(default_image: Path) -> None:
-    with Image.open(default_image) as img:
-        img = img.convert("RGB")
+    with Image.open(default_image) as opened:
+        img = opened.convert("RGB")
     width, height = img.size
     band = height // 5
     sky = img.crop((0, 0, width, band))

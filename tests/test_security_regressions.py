@@ -221,7 +221,7 @@ def test_max_channels_bounds_channels_that_are_only_published_to(tmp_path: Path)
     again = [hub.publish("c0", f"again {n}").message.id for n in range(2)]
     assert first not in again
     resumed = hub.subscribe("c0", last_event_id=first)
-    parser, events = EventStreamParser(), []
+    parser, events = EventStreamParser(), list[Any]()
     while len(events) < 3 and (parts := resumed.take(1)):
         events += parser.feed(b"".join(parts))
     assert events[0].event == "reset" and json.loads(events[0].data)["reason"] in ("unknown", "expired")

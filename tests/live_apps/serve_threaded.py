@@ -18,7 +18,7 @@ def main() -> None:
     module_name, _, attribute = sys.argv[1].partition(":")
     app = getattr(importlib.import_module(module_name), attribute or "app")
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    server.daemon_threads = True
+    server.daemon_threads = True  # type: ignore[attr-defined]  # ThreadedWSGIServer's, from the mixin
     print(f"Listening at: http://127.0.0.1:{server.server_port} (threaded)", flush=True)
     print("Booting worker with pid: (threads)", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
