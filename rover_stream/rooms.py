@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import time
 from typing import Any
@@ -54,7 +52,9 @@ from .hub.presence import Presence
 from .limits import TokenBucket
 from .runtime import StreamRuntime, get_runtime
 from .transport import websocket
-from .transport.parked import ParkedStream, parking_lot
+from .transport.parked import parking_lot
+from .transport.parked_websocket import (CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TRY_LATER,
+                                         ParkedWebSocket, linger, split_frames)
 from .wire.untrusted import Rejected, parse_json
 from .wire.websocket import close_frame, text_frame
 
@@ -65,120 +65,7 @@ MAX_USER_LENGTH = 64
 MAX_TEXT_LENGTH = 4000
 #: Seconds a closing connection waits for the client's end after our close frame.
 LINGER = 5.0
-#: Close codes (RFC 6455 section 7.4.1).
-CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_LATER = 1000, 1001, 1008, 1009, 1013
-#: Why the hub let go of a member, as said in its 1013 close frame.
-_TRY_LATER = {"slow_client": "too slow: messages were piling up",
-              "history_gap": "this server fell behind the room's history: rejoin"}
-
 rooms_api = Blueprint("rooms", __name__)
-
-
-PING_FRAME = b"\x89\x00"
-#: Most bytes read from one connection in one turn of the reader before the others get theirs.
-READ_TURN = 256 * 1024
-
-
-class ParkedMember(ParkedStream):
-    """A member's connection in the worker's parking lot: the shared writer writes its frames, sends its
-    pings and notices a missing pong or an idle client; the shared reader reads what it sends."""
-
-    __slots__ = ("member", "last_ping", "last_input", "read_watcher")
-
-    def __init__(self, lot: Any, member: Member, sock: Any) -> None:
-        super().__init__(lot, member, sock, b"", watch_eof=False)
-        self.member = member
-        self.last_ping = self.last_input = time.monotonic()
-        self.read_watcher: Any = None
-        try:
-            # A member whose network is gone acknowledges nothing: the kernel gives up on it after two
-            # ping intervals of unacknowledged frames instead of TCP's default of about fifteen minutes.
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", 18),
-                            int(member.ping_interval * 2000))
-        except (OSError, AttributeError):
-            pass
-
-    def start_reading(self) -> None:
-        self.read_watcher = self.lot.watch_reads(self)
-
-    def stop_reading(self) -> None:
-        if self.read_watcher is not None:
-            self.read_watcher.stop()
-            self.read_watcher.close()
-            self.read_watcher = None
-
-    def read_ready(self) -> None:
-        """In the lot's reader greenlet: read what the client sent, let the protocol handle it (pongs,
-        close), and publish its messages (:meth:`Member.on_input`)."""
-        member = self.member
-        ws = member.ws
-        received = 0
-        while self.read_watcher is not None:
-            try:
-                data = os.read(self.fd, 65536)
-            except BlockingIOError:
-                self.lot.rearm(self)
-                return
-            except OSError:
-                data = b""
-            if not data:  # the client closed, or the connection broke
-                member.end_input()
-                return
-            self.last_input = time.monotonic()
-            connected = websocket.feed(ws, data)  # may call member.on_input, member.send_raw
-            if not connected or member.closing:
-                member.end_input()
-                return
-            received += len(data)
-            if received >= READ_TURN:
-                self.lot.read_again(self)
-                return
-
-    def flush(self, now: float) -> None:
-        member = self.member
-        if member.final_frame is None:
-            super().flush(now)
-            return
-        # Closing: what was being written, then the close frame, and nothing after it (RFC 6455 5.5.1:
-        # no data frame may follow a close frame; Chrome fails such a connection with 1006).
-        if self.closed or (self.unsent and not self._write(self.unsent, now)):
-            return
-        if member.final_frame:
-            frame, member.final_frame = member.final_frame, b""
-            if not self._write(frame, now):
-                return
-        member.written.set()  # the close frame is out
-
-    def heartbeat(self, now: float, interval: float, send_timeout: float) -> None:
-        member = self.member
-        if self.unsent:
-            super().heartbeat(now, interval, send_timeout)
-        elif member.closing:
-            pass
-        elif now - self.last_input >= member.idle_timeout:
-            member.end_reason = "idle"
-            member.close(CLOSE_POLICY, "idle timeout")
-        elif now - self.last_ping >= member.ping_interval:
-            if not member.ws.pong_received:
-                member.end_reason = "no_pong"
-                member.close(CLOSE_POLICY, "no pong to the last ping")
-                return
-            member.ws.pong_received = False
-            self.last_ping = now
-            self._write(PING_FRAME, now)
-
-    def close(self, reason: str) -> None:
-        member = self.member
-        if reason in _TRY_LATER and not member.closing and not self.closed and not self.unsent:
-            member.closing = True
-            member.close_code = CLOSE_TRY_LATER
-            try:  # best effort: a socket that takes nothing more cannot carry it either
-                os.write(self.fd, close_frame(CLOSE_TRY_LATER, _TRY_LATER[reason]))
-            except OSError:
-                pass
-        self.stop_reading()
-        super().close(reason)
-        member.written.set()
 
 
 class Member:
@@ -211,7 +98,7 @@ class Member:
         self._messages = TokenBucket(settings["WS_MESSAGE_RATE"])
         self.feed: Subscription = runtime.hub.subscribe(self.channel, format="ws")
         self.id = self.feed.id
-        self.parked: ParkedMember | None = None
+        self.parked: ParkedWebSocket | None = None
         self.input_open = True
         try:
             runtime.admit(self)
@@ -233,7 +120,7 @@ class Member:
     def send_raw(self, data: bytes) -> None:
         """Frames from simple-websocket (pongs, a close), several at once when the client's bytes held
         several (a ping, then a protocol error): written next, a close frame last of all."""
-        for frame in _split_frames(data):
+        for frame in split_frames(data):
             if frame[:1] == b"\x88":
                 if not self.closing:
                     self._close_with(frame, int.from_bytes(frame[2:4], "big") if len(frame) >= 4 else None)
@@ -293,7 +180,7 @@ class Member:
         parked = self.parked
         # A client that answers no ping will not answer our close either: no waiting for it.
         if parked is not None and not parked.closed and self.end_reason != "no_pong":
-            _linger(parked.fd, 0.5 if self.runtime.shutting_down else LINGER)
+            linger(parked.fd, 0.5 if self.runtime.shutting_down else LINGER)
         self.finish()
 
     def allow_message(self) -> bool:
@@ -411,7 +298,7 @@ def comms(ws: Any, team_channel: str) -> None:
         ws.close(reason=code, message=exc.message.encode()[:120].decode(errors="ignore"))
         return
     lot = parking_lot(runtime)
-    parked = ParkedMember(lot, member, sock)
+    parked = ParkedWebSocket(lot, member, sock)
     lot.add(parked)
     member.parked = parked
     websocket.take_over(ws, member.send_raw, member.on_input, settings["WS_MAX_MESSAGE_BYTES"])
@@ -423,41 +310,6 @@ def comms(ws: Any, team_channel: str) -> None:
     hub.publish(channel, {"type": "join", "room": room, "user": user, "timestamp": time.time()}, event="join")
     if member.input_open:
         parked.start_reading()
-
-
-def _split_frames(data: bytes) -> list[bytes]:
-    """Server frames (unmasked) laid end to end, one by one."""
-    frames = []
-    at = 0
-    while at + 2 <= len(data):
-        length, header = data[at + 1] & 0x7F, 2
-        if length == 126:
-            length, header = int.from_bytes(data[at + 2:at + 4], "big"), 4
-        elif length == 127:
-            length, header = int.from_bytes(data[at + 2:at + 10], "big"), 10
-        frames.append(data[at:at + header + length])
-        at += header + length
-    return frames
-
-
-def _linger(fd: int, seconds: float) -> None:
-    """After our close frame: end our side, and read what the client still sends until it closes.
-    Closing a socket with unread input makes the kernel send a reset, which can destroy the close frame
-    before the client reads it (a client flooding us would see 1006 instead of 1009)."""
-    try:
-        sock = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return
-    try:
-        sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(seconds)
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and sock.recv(65536):
-            pass
-    except OSError:
-        pass
-    finally:
-        sock.close()
 
 
 @rooms_api.before_request
