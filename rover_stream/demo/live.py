@@ -142,7 +142,7 @@ def visitor_id() -> tuple[str, bool]:
 def analytics_sharing(app: Flask, counters: Counters) -> Any:
     """A producer (one per worker, only with Redis): every second, :meth:`Counters.share`."""
     def run(stop: threading.Event) -> None:
-        engine = rs.get_hub(app).engine
+        engine: Any = rs.get_hub(app).engine  # a Redis engine: the producer runs only on one
         redis, prefix = engine.client(), f"{engine.prefix}demo:analytics:"
         while not stop.wait(1.0):
             try:

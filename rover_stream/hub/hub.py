@@ -18,6 +18,7 @@ from .. import signals
 from ..concurrency import cooperate
 from ..errors import ApiError, ServiceUnavailable
 from ..wire.sse import encode
+from .engines import AnyEngine, LocalEngine, Replay, SharedEngine
 from .message import ORIGIN, Key, Message, parse_id
 from .names import validate_channel
 from .subscription import Subscription
@@ -40,12 +41,18 @@ class Channel:
 class Hub:
     """Publish, subscribe, unsubscribe, history, stats. Get the app's hub with :func:`rover_stream.hub`."""
 
-    def __init__(self, engine: Any, *, queue_size: int = 256, policy: str = "disconnect",
+    def __init__(self, engine: AnyEngine, *, queue_size: int = 256, policy: str = "disconnect",
                  max_channels: int = 10_000, max_channels_per_stream: int = 32) -> None:
-        self.engine = engine
-        self.remote = getattr(engine, "remote", False)
-        if hasattr(engine, "attach"):
+        self.engine: AnyEngine = engine
+        #: Exactly one of the two is set: the engine seen as the kind it is.
+        self._local: LocalEngine | None = None
+        self._shared: SharedEngine | None = None
+        if engine.remote:
+            self._shared = engine
             engine.attach(self)
+        else:
+            self._local = engine
+        self.remote = engine.remote
         self.queue_size = queue_size
         self.policy = policy
         self.max_channels = max_channels
@@ -75,16 +82,18 @@ class Hub:
         # JSON null is data like any other ("data: null"): the encoder's None means "no data line", and a
         # block without one is never dispatched by a browser.
         body = encode("null" if data is None else data, event=event)
-        if self.remote:
+        shared, local = self._shared, self._local
+        if shared is not None:
             # The engine stores it; every worker's reader (this one's too) delivers it, in stream order.
-            message, reached = self.engine.publish(channel, event, data, body)
+            message, reached = shared.publish(channel, event, data, body)
             self.published += 1
             signals.emit(signals.message_published, self, message=message, subscribers=reached)
             return PublishResult(message, reached)
+        assert local is not None
         with self._lock:
-            if not self.engine.holds(channel):
+            if not local.holds(channel):
                 self._make_room_for(channel)
-            message = self.engine.append(channel, event, data, body)
+            message = local.append(channel, event, data, body)
             found = self._channels.get(channel)
             reached, dropped = self._deliver(found, message) if found else (0, ())
             self.published += 1
@@ -179,23 +188,24 @@ class Hub:
         resets: list[tuple[str, str, int | None]] = []
         # A remote engine's head is read before joining the channel, its history after: whatever is
         # published in between arrives both ways, and the subscription's cursor drops the second copy.
-        heads = {name: self.engine.head(name) for name in names} if self.remote else {}
+        shared = self._shared
+        heads = {name: self.engine.head(name) for name in names} if shared is not None else {}
         new_channels = False
         with self._lock:
             for name in names:
                 self._make_room_for(name)
             for name in names:
                 start = positions.get(name)
-                if self.remote:
+                if shared is not None:
                     replay = None
-                    new_channels |= self.engine.track(name, heads[name])
+                    new_channels |= shared.track(name, heads[name])
                 elif last_event_id is None:
                     start, replay = self.engine.head(name), None
                 else:
                     replay = self.engine.after(name, start)
                 if replay is not None:
                     self._begin(subscription, name, start, replay, last_event_id, resets)
-                elif not self.remote:
+                elif shared is None:
                     subscription.begin_channel(name, start or ORIGIN, [], None, None, None)
                 channel = self._channels.get(name)
                 if channel is None:
@@ -203,9 +213,9 @@ class Hub:
                 channel.subscribers = (*channel.subscribers, subscription)
                 self._count_changed(channel)
             self.subscriptions += 1
-        if self.remote:
+        if shared is not None:
             if new_channels:
-                self.engine.wake_reader()
+                shared.wake_reader()
             try:
                 for name in names:
                     start = positions.get(name) if last_event_id is not None else heads[name]
@@ -224,7 +234,7 @@ class Hub:
                      replayed=len(subscription.backlog))
         return subscription
 
-    def _begin(self, subscription: Subscription, name: str, start: Key | None, replay: Any,
+    def _begin(self, subscription: Subscription, name: str, start: Key | None, replay: Replay,
                last_event_id: str | None, resets: list[tuple[str, str, int | None]]) -> None:
         subscription.begin_channel(name, start or ORIGIN, replay.messages, replay.reset, replay.missed,
                                    last_event_id)
@@ -234,12 +244,13 @@ class Hub:
             resets.append((name, replay.reset, replay.missed))
 
     def _count_changed(self, channel: Channel) -> None:
-        if self.remote:
-            self.engine.set_local_count(channel.name, len(channel.subscribers))
+        if self._shared is not None:
+            self._shared.set_local_count(channel.name, len(channel.subscribers))
 
     def _held(self) -> set[str]:
         """The channels this process keeps something of: subscribers, or (in-process engine) a history."""
-        return set(self._channels) if self.remote else set(self._channels) | set(self.engine.held_channels())
+        local = self._local
+        return set(self._channels) if local is None else set(self._channels) | set(local.held_channels())
 
     def _make_room_for(self, name: str) -> None:
         """Keep the channels held within ``max_channels`` (lock held): to make room for ``name``, the idlest
@@ -248,8 +259,8 @@ class Hub:
         When every channel has subscribers, 503 ``too_many_channels``."""
         if name in self._channels:
             return
-        local = 0 if self.remote else len(self.engine.held_channels())
-        if len(self._channels) + local < self.max_channels:  # a bound from above: the common case, cheaply
+        histories = 0 if self._local is None else len(self._local.held_channels())
+        if len(self._channels) + histories < self.max_channels:  # a bound from above: the common case, cheaply
             return
         held = self._held()
         if name in held or len(held) < self.max_channels:
@@ -282,12 +293,10 @@ class Hub:
         """The messages ``channel`` still keeps, oldest first; only those after id ``after`` if given."""
         validate_channel(channel)
         key = parse_id(after) if after else None
-        if self.remote:  # a network round trip: never with the lock held (the reader delivers under it)
-            remote: list[Message] = self.engine.history(channel, key)
-            return remote
+        if self._shared is not None:  # a network round trip: never with the lock held (readers deliver under it)
+            return self._shared.history(channel, key)
         with self._lock:
-            messages: list[Message] = self.engine.history(channel, key)
-        return messages
+            return self.engine.history(channel, key)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

@@ -15,7 +15,7 @@ runs. Adding an engine means adding a module here and choosing it in :func:`rove
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, Union
 
 from ..message import Key, Message
 from ..presence import Presence
@@ -46,13 +46,13 @@ class Lease(Protocol):
 
 
 class Engine(Protocol):
-    """What the hub and the parts above it need of an engine.
+    """What the hub and the parts above it need of every engine. An engine is one of two kinds, declared by
+    :attr:`remote`: a :class:`LocalEngine` (this process's store: the hub delivers under its lock) or a
+    :class:`SharedEngine` (a store several processes share: each process's reader delivers).
 
-    Called by the hub, with its lock held for a local engine: :meth:`head`, :meth:`after`, :meth:`history`,
-    :meth:`forget`, :meth:`idle_since`, and for a local engine :meth:`append`, :meth:`holds` and
-    :meth:`held_channels`; for a remote one :meth:`publish`, :meth:`track`, :meth:`set_local_count`,
-    :meth:`wake_reader` and :meth:`attach`. Called by the parts above: :meth:`stats`, :meth:`presence`,
-    :meth:`lease`, :meth:`health` and :meth:`checks`.
+    Called by the hub (with its lock held, for a local engine): :meth:`head`, :meth:`after`,
+    :meth:`history`, :meth:`forget`, :meth:`idle_since`. Called by the parts above: :meth:`stats`,
+    :meth:`presence`, :meth:`lease`, :meth:`health` and :meth:`checks`.
     """
 
     #: A short name for logs, metrics and ``/health``.
@@ -92,4 +92,44 @@ class Engine(Protocol):
         """Readiness checks of the store for ``/ready``: name -> ``{"ok": bool, ...}``."""
 
 
-__all__ = ["Engine", "Lease", "Replay"]
+class LocalEngine(Engine, Protocol):
+    """An engine whose store is this process's: the hub appends a publish and delivers it itself."""
+
+    remote: Literal[False]
+
+    def append(self, channel: str, event: str | None, data: Any, body: bytes) -> Message:
+        """Store a message (``body``: its SSE encoding) and give it the channel's next id."""
+
+    def holds(self, channel: str) -> bool:
+        """Whether the channel has a history here."""
+
+    def held_channels(self) -> list[str]:
+        """The channels with a history here (the hub counts them against its channel limit)."""
+
+
+class SharedEngine(Engine, Protocol):
+    """An engine whose store several processes share. A publish is stored, and every process's reader
+    (this one's too) hands it to its hub's :meth:`~rover_stream.hub.Hub.deliver`, in stream order."""
+
+    remote: Literal[True]
+
+    def attach(self, hub: Any) -> None:
+        """The hub this process's reader delivers to."""
+
+    def publish(self, channel: str, event: str | None, data: Any, body: bytes) -> tuple[Message, int]:
+        """Store a message; returns it (with its id) and how many subscribers it reached, when known."""
+
+    def track(self, channel: str, position: Key) -> bool:
+        """Read ``channel`` from ``position`` on; True when the reader did not read it yet (wake it)."""
+
+    def set_local_count(self, channel: str, count: int) -> None:
+        """This process's subscribers of the channel (0: stop reading it)."""
+
+    def wake_reader(self) -> None:
+        """Make the reader take up newly tracked channels now."""
+
+
+#: What a hub runs on.
+AnyEngine = Union[LocalEngine, SharedEngine]
+
+__all__ = ["AnyEngine", "Engine", "LocalEngine", "Lease", "Replay", "SharedEngine"]

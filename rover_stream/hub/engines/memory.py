@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Literal
 
 from ..message import Key, Message
 from ..presence import Presence
@@ -29,7 +29,7 @@ class ChannelLog:
 
 class MemoryEngine:
     name = "memory"
-    remote = False
+    remote: Literal[False] = False
 
     def __init__(self, history_size: int, history_ttl: float, history_sizes: dict[str, int] | None = None) -> None:
         # Every channel log gets an epoch of its own, later than any before it in this process: an id from

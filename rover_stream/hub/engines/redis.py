@@ -50,7 +50,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import gevent
 
@@ -195,7 +195,7 @@ return 0
 
 class RedisEngine:
     name = "redis"
-    remote = True
+    remote: Literal[True] = True
 
     def __init__(self, url: str, *, history_size: int, history_ttl: float, prefix: str = "rover:",
                  timeout: float = 2.0, history_sizes: dict[str, int] | None = None) -> None:
