@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from .errors import ConfigError
 
@@ -175,9 +176,41 @@ def _secret(raw: Any) -> str:
     return text
 
 
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def parse_cluster_url(url: str) -> dict[str, Any]:
+    """``redis+cluster://[user:password@]host:port[,host:port...][/]`` as the cluster client's arguments.
+    Raises ValueError for anything else."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or f"{scheme}://" not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a Redis Cluster URL: {url!r}")
+    rest = rest.split("?", 1)[0].rstrip("/")
+    userinfo, at, hosts = rest.rpartition("@")
+    if not at:
+        hosts, userinfo = rest, ""
+    username, _, password = userinfo.partition(":")
+    nodes = []
+    for item in hosts.split(","):
+        item = item.strip()
+        if item.startswith("["):
+            host, _, port = item[1:].partition("]:")
+        else:
+            host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"a cluster node is host:port, not {item!r}")
+        nodes.append((host, int(port)))
+    if not nodes:
+        raise ValueError("a Redis Cluster URL names at least one node")
+    return {"nodes": nodes, "username": unquote(username) or None, "password": unquote(password) or None,
+            "ssl": scheme == "rediss+cluster"}
+
+
 def _redis_url(raw: Any) -> str:
     text = str(raw).strip()
-    if not text.startswith(("redis://", "rediss://", "unix://")):
+    if text.startswith(CLUSTER_SCHEMES):
+        parse_cluster_url(text)
+    elif not text.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError
     return text
 
@@ -308,8 +341,10 @@ SETTINGS: tuple[Setting, ...] = (
             "token. Without it the server runs open, and only on a loopback address.",
             "a string of at least 32 characters, or empty", sensitive=True),
     Setting("REDIS_URL", _optional(_redis_url), None,
-            "Redis to share the hub across workers and hosts (redis://[:password@]host:port/db). Empty: the "
-            "hub lives in each worker process.", "a redis:// or rediss:// or unix:// URL, or empty",
+            "Redis to share the hub across workers and hosts (redis://[:password@]host:port/db), or a Redis "
+            "Cluster (redis+cluster://[:password@]host:port,host:port,...: the nodes to start from). Empty: the "
+            "hub lives in each worker process.",
+            "a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// URL, or empty",
             sensitive=True),
     Setting("REDIS_PREFIX", _text, "rover:",
             "Prefix of every Redis key the hub uses (streams are <prefix>ch:<channel>).", "a non-empty string"),

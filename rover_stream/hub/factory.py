@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..settings import Settings
+from ..settings import CLUSTER_SCHEMES, Settings
 from .engines.memory import MemoryEngine
 from .hub import Hub
 from .names import ROOM_PREFIX
@@ -15,11 +15,18 @@ def create_hub(settings: Settings) -> Hub:
     # A room keeps the messages it sends to members that join; every other channel HISTORY_SIZE events.
     sizes = {ROOM_PREFIX: settings["ROOM_HISTORY"]}
     engine: Any
-    if settings["REDIS_URL"]:
+    url = settings["REDIS_URL"]
+    if url and url.startswith(CLUSTER_SCHEMES):
+        from .engines.redis_cluster import RedisClusterEngine
+
+        engine = RedisClusterEngine(url, history_size=settings["HISTORY_SIZE"], history_ttl=settings["HISTORY_TTL"],
+                                    prefix=settings["REDIS_PREFIX"], timeout=settings["REDIS_TIMEOUT"],
+                                    history_sizes=sizes)
+    elif url:
         # Imported only when asked for: redis-py is not loaded by servers that do not use it.
         from .engines.redis import RedisEngine
 
-        engine = RedisEngine(settings["REDIS_URL"], history_size=settings["HISTORY_SIZE"],
+        engine = RedisEngine(url, history_size=settings["HISTORY_SIZE"],
                              history_ttl=settings["HISTORY_TTL"], prefix=settings["REDIS_PREFIX"],
                              timeout=settings["REDIS_TIMEOUT"], history_sizes=sizes)
     else:

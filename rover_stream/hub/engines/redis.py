@@ -196,6 +196,8 @@ return 0
 class RedisEngine:
     name = "redis"
     remote: Literal[True] = True
+    #: The Lua that numbers and appends a publish (see PUBLISH_SCRIPT).
+    publish_script = PUBLISH_SCRIPT
 
     def __init__(self, url: str, *, history_size: int, history_ttl: float, prefix: str = "rover:",
                  timeout: float = 2.0, history_sizes: dict[str, int] | None = None) -> None:
@@ -216,16 +218,9 @@ class RedisEngine:
     def _ensure_started(self) -> None:
         if self._pid == os.getpid():
             return
-        import redis
-
         self._pid = os.getpid()
         self.worker_id = uuid.uuid4().hex[:12]
-        self._redis: Any = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
-            self.url, max_connections=POOL_SIZE, timeout=self.timeout, socket_timeout=self.timeout,
-            socket_connect_timeout=self.timeout, health_check_interval=30))
-        self._reader_redis: Any = redis.Redis.from_url(
-            self.url, socket_timeout=READ_BLOCK_MS / 1000 + self.timeout, socket_connect_timeout=self.timeout,
-            health_check_interval=30)
+        self._redis: Any = self._connect()
         self._positions: dict[str, Key] = {}  # channel -> last id delivered by this worker's reader
         self._local: dict[str, int] = {}  # channel -> local subscribers (absent when none)
         self._synced: set[str] = set()  # channels whose count this worker has written to Redis
@@ -235,15 +230,32 @@ class RedisEngine:
         self._epoch_logged = 0.0
         self._reader_up = False
         self._retry_now = threading.Event()  # ends the reader's backoff early: Redis answered a publish
-        self._publish_script: Any = self._redis.register_script(PUBLISH_SCRIPT)
+        self._publish_script: Any = self._redis.register_script(self.publish_script)
         self._head_script: Any = self._redis.register_script(HEAD_SCRIPT)
         self._after_script: Any = self._redis.register_script(AFTER_SCRIPT)
         self._keep_script: Any = self._redis.register_script(KEEP_SCRIPT)
-        self._control = f"{self.prefix}ctl:{self.worker_id}"
         self._refreshed: dict[str, float] = {}  # channel -> when its expiry and count were last refreshed
         self._subscribers: dict[str, int] = {}  # channel -> subscribers in all workers, as last read
-        self._reader = spawn(self._read_forever, name="rover-stream-redis-reader")
+        self._start_reader()
         self._syncer = spawn(self._sync_counts_forever, name="rover-stream-redis-counts")
+
+    def _connect(self) -> Any:
+        """This process's client for publishing, history and the rest: a small bounded pool."""
+        import redis
+
+        return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+            self.url, max_connections=POOL_SIZE, timeout=self.timeout, socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout, health_check_interval=30))
+
+    def _start_reader(self) -> None:
+        """One reader per process, on a connection of its own: XREAD of every channel with subscribers here."""
+        import redis
+
+        self._reader_redis: Any = redis.Redis.from_url(
+            self.url, socket_timeout=READ_BLOCK_MS / 1000 + self.timeout, socket_connect_timeout=self.timeout,
+            health_check_interval=30)
+        self._control = f"{self.prefix}ctl:{self.worker_id}"
+        self._reader = spawn(self._read_forever, name="rover-stream-redis-reader")
 
     def client(self) -> Any:
         """This process's Redis client (the bounded pool), for other parts that keep state in Redis."""
@@ -264,6 +276,12 @@ class RedisEngine:
 
     def _epoch_key(self, channel: str) -> str:
         return f"{self.prefix}epoch:{channel}"
+
+    def _counts_key(self, channel: str) -> str:
+        return f"{self.prefix}subs:{channel}"
+
+    def _publish_keys(self, channel: str) -> list[str]:
+        return [self._key(channel), self._epoch_key(channel), self._counts_key(channel)]
 
     def _ttl(self) -> int:
         return max(1, int(self.history_ttl))
@@ -296,7 +314,7 @@ class RedisEngine:
         keep = max(self.size_for(channel), READER_FLOOR)
         try:
             answer = self._publish_script(
-                keys=[self._key(channel), self._epoch_key(channel), f"{self.prefix}subs:{channel}"],
+                keys=self._publish_keys(channel),
                 args=[keep, self._ttl(), "1" if refresh else "0", body, data_json, event or ""])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unavailable(exc) from None
@@ -538,13 +556,12 @@ class RedisEngine:
             try:
                 with self._redis.pipeline(transaction=False) as pipe:
                     for channel, count in local.items():
-                        key = f"{self.prefix}subs:{channel}"
+                        key = self._counts_key(channel)
                         pipe.hset(key, self.worker_id, f"{count}:{expires}")
                         pipe.expire(key, int(3 * COUNT_REFRESH) + 1)
-                    if local:  # their epochs live as long as anyone here subscribes
-                        self._keep_script(keys=[self._epoch_key(c) for c in local], args=[EPOCH_KEEP], client=pipe)
+                    self._keep_epochs(pipe, list(local))
                     for channel in self._synced - local.keys():
-                        pipe.hdel(f"{self.prefix}subs:{channel}", self.worker_id)
+                        pipe.hdel(self._counts_key(channel), self.worker_id)
                     pipe.execute()
                 self._synced = set(local)
             except redis.RedisError as exc:
@@ -552,6 +569,11 @@ class RedisEngine:
                     log.error("Redis refused the subscriber counts: %s", exc)
                 time.sleep(BACKOFF_MAX)
                 self._counts_dirty.set()
+
+    def _keep_epochs(self, pipe: Any, channels: list[str]) -> None:
+        """The epochs of ``channels`` (subscribed to here) live at least EPOCH_KEEP seconds more."""
+        if channels:
+            self._keep_script(keys=[self._epoch_key(c) for c in channels], args=[EPOCH_KEEP], client=pipe)
 
     # -- the rest of the engine interface -----------------------------------------------------------------------
 
