@@ -143,7 +143,7 @@ def analytics_sharing(app: Flask, counters: Counters) -> Any:
     """A producer (one per worker, only with Redis): every second, :meth:`Counters.share`."""
     def run(stop: threading.Event) -> None:
         engine: Any = rs.get_hub(app).engine  # a Redis engine: the producer runs only on one
-        redis, prefix = engine.client(), f"{engine.prefix}demo:analytics:"
+        redis, prefix = engine.client(), f"{engine.prefix}{{demo-analytics}}:"  # one slot in a cluster
         while not stop.wait(1.0):
             try:
                 counters.share(redis, prefix)

@@ -112,8 +112,9 @@ end
 #: starts or the stream was created, renew the expiry of the stream and its epoch (together, so that they
 #: expire together); every REFRESH_EVERY also read the subscriber counts.
 #: KEYS: stream, epoch, subscriber counts. ARGV: maxlen (approximate), ttl, refresh ("1"), body, data, event.
-#: Returns {id, time in ms[, counts]}.
-PUBLISH_SCRIPT = _LUA_EPOCHS + """
+#: Returns {id, time in ms[, counts]}. An engine may insert Lua where the template says ``-- ON NUMBERED``
+#: (``extra`` holds more fields for the entry) and ``-- ON APPENDED``.
+PUBLISH_TEMPLATE = _LUA_EPOCHS + """
 local now = now_us()
 local t = string.format('%.0f', math.floor(now / 1000))
 local n = redis.call('HINCRBY', KEYS[2], 'n', 1)
@@ -125,8 +126,11 @@ if not e then
   redis.call('HSET', KEYS[2], 'e', e, 'n', 1)
   renew = true
 end
+local extra = {}
+-- ON NUMBERED
 local id = e .. '-' .. string.format('%.0f', n)
-local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 'b', ARGV[4], 'd', ARGV[5], 'e', ARGV[6], 't', t)
+local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 'b', ARGV[4], 'd', ARGV[5], 'e', ARGV[6], 't', t,
+                          unpack(extra))
 if type(added) == 'table' and added.err then
   if not string.find(added.err, 'smaller', 1, true) then
     return added
@@ -142,11 +146,13 @@ if renew or redis.call('TTL', KEYS[1]) == -1 then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[2])
 end
+-- ON APPENDED
 if ARGV[3] == '1' then
   return {id, t, redis.call('HGETALL', KEYS[3])}
 end
 return {id, t}
 """
+PUBLISH_SCRIPT = PUBLISH_TEMPLATE
 
 #: The head of a channel for a new subscriber: its epoch and the number of its newest event, the epoch
 #: created now if the channel has none (with no event yet, living EPOCH_KEEP seconds, kept alive by the
@@ -209,6 +215,8 @@ class RedisEngine:
         self.timeout = timeout
         self.hub: Any = None
         self._pid = -1  # connections, reader and worker id are made per process, after any fork
+        self._lock_pid = -1
+        self._start_lock: Any = None
         self.connected = False
         self.last_error: str | None = None
         self.reads = 0
@@ -216,9 +224,17 @@ class RedisEngine:
     # -- per-process state ---------------------------------------------------------------------------------------
 
     def _ensure_started(self) -> None:
-        if self._pid == os.getpid():
+        pid = os.getpid()
+        if self._pid == pid:
             return
-        self._pid = os.getpid()
+        if self._lock_pid != pid:  # a lock of this process's own (made after any fork, and after patching)
+            self._lock_pid, self._start_lock = pid, threading.Lock()
+        with self._start_lock:  # connecting may yield to other greenlets (a cluster client asks the nodes)
+            if self._pid != pid:
+                self._start()
+                self._pid = pid
+
+    def _start(self) -> None:
         self.worker_id = uuid.uuid4().hex[:12]
         self._redis: Any = self._connect()
         self._positions: dict[str, Key] = {}  # channel -> last id delivered by this worker's reader
@@ -478,6 +494,19 @@ class RedisEngine:
             stored = fields.get(b"t")
             message = self._message(channel, stream_id, fields[b"b"], fields[b"d"], fields.get(b"e", b""), stored)
             key = message.key
+            if b"pe" in fields and messages_before_lineage(last, fields):
+                # Another primary took the channel over (a failover): it starts a new epoch, as events the
+                # last one acknowledged may never have reached it. Nobody can tell which: the channel's local
+                # subscribers end and resume from the history with their Last-Event-ID (event: reset).
+                self._deliver(channel, messages)
+                messages = []
+                ended = self.hub.lost_history(channel, 0)
+                log.warning("Redis: channel %s is served by another primary now (failover?); events the last one "
+                            "acknowledged may be lost: ending its %d local subscribers so that they resume "
+                            "from the history", channel, ended)
+                last = key
+                messages.append(message)
+                continue
             if stored is None:
                 last = None  # written by a version without epochs: nothing to check it against
             else:
@@ -748,6 +777,12 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+def messages_before_lineage(last: Key | None, fields: dict[bytes, bytes]) -> bool:
+    """Whether this worker delivered the channel before the primary changed (the entry starting the new
+    epoch says where the old one ended, ``pe``-``pn``): its subscribers may have missed something."""
+    return last is not None and last[0] <= int(fields[b"pe"])
 
 
 def _sum_counts(counts: dict[bytes, bytes]) -> int:

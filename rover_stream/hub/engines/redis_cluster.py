@@ -43,22 +43,32 @@ from typing import Any
 from ...concurrency import spawn
 from ...settings import parse_cluster_url
 from ..message import format_id, parse_id
-from .redis import EPOCH_KEEP, KEEP_SCRIPT, POOL_SIZE, PUBLISH_SCRIPT, READ_COUNT, RedisEngine
+from .redis import EPOCH_KEEP, KEEP_SCRIPT, POOL_SIZE, PUBLISH_TEMPLATE, READ_COUNT, RedisEngine
 
 log = logging.getLogger("rover_stream.redis")
 
-#: The publishing script, followed by the entry sent on the channel's sharded Pub/Sub channel (KEYS[4]):
-#: ``<id>\n<ms>\n<len event>\n<len body>\n<event><body><data>``.
-CLUSTER_PUBLISH_SCRIPT = PUBLISH_SCRIPT.replace("""
-if ARGV[3] == '1' then
-  return {id, t, redis.call('HGETALL', KEYS[3])}
-end""", """
+#: The publishing script, with two additions. After numbering: when the primary serving the channel's slot
+#: is not the one that numbered its last event (its replication id changed: a replica took over, or the
+#: slot moved), a new epoch starts -- Redis replicates asynchronously, so the last primary may have
+#: acknowledged events this one never received, and their numbers would be given out again. The epoch's
+#: first entry says where the old one ended (``pe``, ``pn``). After appending: the entry is sent on the
+#: channel's sharded Pub/Sub channel (KEYS[4]): ``<id>\n<ms>\n<len event>\n<len body>\n<event><body><data>``.
+CLUSTER_PUBLISH_SCRIPT = PUBLISH_TEMPLATE.replace("-- ON NUMBERED", """
+local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+local was = redis.call('HGET', KEYS[2], 'r')
+if was and was ~= replid and n > 1 then
+  extra = {'pe', e, 'pn', string.format('%.0f', n - 1)}
+  e = new_epoch(now)
+  n = 1
+  redis.call('HSET', KEYS[2], 'e', e, 'n', 1)
+  renew = true
+end
+if was ~= replid then
+  redis.call('HSET', KEYS[2], 'r', replid)
+end""").replace("-- ON APPENDED", """
 redis.call('SPUBLISH', KEYS[4], id .. '\\n' .. t .. '\\n' .. string.len(ARGV[6]) .. '\\n' .. string.len(ARGV[4])
-  .. '\\n' .. ARGV[6] .. ARGV[4] .. ARGV[5])
-if ARGV[3] == '1' then
-  return {id, t, redis.call('HGETALL', KEYS[3])}
-end""")
-assert CLUSTER_PUBLISH_SCRIPT != PUBLISH_SCRIPT
+  .. '\\n' .. ARGV[6] .. ARGV[4] .. ARGV[5])""")
+assert "ON NUMBERED" not in CLUSTER_PUBLISH_SCRIPT and "ON APPENDED" not in CLUSTER_PUBLISH_SCRIPT
 
 #: Seconds a shard reader waits for a message before its housekeeping (channels nobody here listens to
 #: any more) and a PING that proves its connection alive.
