@@ -298,7 +298,9 @@ SETTINGS: tuple[Setting, ...] = (
             "an integer number of bytes from 512 to 16777216"),
     Setting("SEND_TIMEOUT", _seconds(), 60.0,
             "Seconds in which a client that is behind (a download, a stream) must take at least 64 KiB; one "
-            "that reads nothing or a trickle is cut.",
+            "that reads nothing or a trickle is cut. A stream's client that reads nothing at all is cut sooner "
+            "if two heartbeat intervals are shorter: the kernel gives up on data left unacknowledged that long "
+            "(which is how a vanished client is noticed).",
             "a number of seconds > 0"),
     # Hub
     Setting("HISTORY_SIZE", _integer(0, 10_000_000), 1000,

@@ -84,7 +84,7 @@ def response_head(status: str, headers: list[tuple[str, str]]) -> bytes:
 class ParkedStream:
     """One parked connection: its descriptor, what is waiting to be written, and its subscription."""
 
-    __slots__ = ("lot", "body", "subscription", "fd", "unsent", "dirty", "probes", "last_write",
+    __slots__ = ("lot", "body", "subscription", "fd", "unsent", "dirty", "probes", "last_write", "interval",
                  "blocked_since", "queued", "progressed", "write_watcher", "stop_read_watch", "closed",
                  "__weakref__")
 
@@ -92,6 +92,8 @@ class ParkedStream:
         self.lot = lot
         self.body = body
         self.subscription = body.feed
+        #: Seconds of silence before a heartbeat: the response's own (sse_response(heartbeat=...)), else the lot's.
+        self.interval: float = getattr(body, "heartbeat", 0.0) or lot.interval
         self.fd = os.dup(sock.fileno())
         os.set_blocking(self.fd, False)
         self.unsent = head
@@ -228,6 +230,9 @@ class ParkingLot:
         self._ready = threading.Event()
         self._writer: Any = None
         self.latency = runtime.metrics.latency
+        self.interval: float = runtime.settings["HEARTBEAT_INTERVAL"]
+        self.send_timeout: float = runtime.settings["SEND_TIMEOUT"]
+        self._tick = min(MAX_TICK, self.interval / 4)  # how often the writer looks for streams to ping
         self._readable: list[Any] = []
         self._read_ready = threading.Event()
         self._reader: Any = None
@@ -237,6 +242,7 @@ class ParkingLot:
 
     def add(self, stream: ParkedStream) -> ParkedStream:
         self.streams.add(stream)
+        self._tick = min(self._tick, stream.interval / 4)
         if self._writer is None or self._writer.dead:
             import gevent
 
@@ -299,11 +305,8 @@ class ParkingLot:
         self._reader = None
 
     def _run(self) -> None:
-        settings = self.runtime.settings
-        interval: float = settings["HEARTBEAT_INTERVAL"]
-        send_timeout: float = settings["SEND_TIMEOUT"]
-        tick = min(MAX_TICK, interval / 4)
-        next_round = time.monotonic() + tick
+        send_timeout = self.send_timeout
+        next_round = time.monotonic() + self._tick
         while self.streams or self._dirty:
             now = time.monotonic()
             wait = PROBE_INTERVAL if self._probing else max(0.0, next_round - now)
@@ -325,8 +328,8 @@ class ParkingLot:
                     stream.close("error")
             if now >= next_round:
                 for stream in list(self.streams):
-                    stream.heartbeat(now, interval, send_timeout)
-                next_round = now + tick
+                    stream.heartbeat(now, stream.interval, send_timeout)
+                next_round = now + self._tick
         self._writer = None
 
     def shutdown(self, final: bytes) -> None:
