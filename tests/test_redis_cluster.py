@@ -235,3 +235,26 @@ def test_a_primary_failing_over_loses_nothing_unannounced(live_server: Any, clus
           f"again after {resumed_after:.1f} s; "
           f"{len(acknowledged)} events acknowledged, {refused} refused (503) meanwhile; per subscriber: {figures}")
     assert len(acknowledged) > 100
+
+
+def test_an_unreachable_cluster_is_a_503_and_not_ready(live_server: Any, tmp_path: Path) -> None:
+    """No node of the cluster answers (all down, or a wrong address): publishing and subscribing answer
+    503 ``redis_unavailable`` with Retry-After, /ready says why, and the server stays up."""
+    from tests.clusterlab import _free_ports
+
+    nowhere = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
+    server = live_server(env={"ROVER_REDIS_URL": f"redis+cluster://{nowhere}", "ROVER_REDIS_TIMEOUT": "0.5"})
+    published = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    published.request("POST", "/api/broadcast", json.dumps({"channel": "news", "data": 1}),
+                      {"Content-Type": "application/json"})
+    answer = published.getresponse()
+    assert answer.status == 503 and answer.getheader("Retry-After")
+    assert json.loads(answer.read())["error"] == "redis_unavailable"
+    published.close()
+    with pytest.raises(AssertionError, match="503"):
+        subscribe(server.port, "news")
+    ready = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    ready.request("GET", "/ready")
+    state = ready.getresponse()
+    assert state.status == 503 and json.loads(state.read())["checks"]["redis"]["ok"] is False
+    ready.close()

@@ -302,6 +302,12 @@ class RedisEngine:
     def _ttl(self) -> int:
         return max(1, int(self.history_ttl))
 
+    def _outages(self) -> tuple[type[Exception], ...]:
+        """The errors that mean Redis cannot be reached (as opposed to an error reply)."""
+        import redis
+
+        return (redis.ConnectionError, redis.TimeoutError)
+
     def _unavailable(self, exc: Exception) -> ServiceUnavailable:
         """Redis cannot be reached (no connection, a timeout): /health says so until it answers again."""
         self.connected = False
@@ -332,7 +338,7 @@ class RedisEngine:
             answer = self._publish_script(
                 keys=self._publish_keys(channel),
                 args=[keep, self._ttl(), "1" if refresh else "0", body, data_json, event or ""])
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except self._outages() as exc:
             raise self._unavailable(exc) from None
         except redis.ResponseError as exc:
             raise self._refused(exc, f"a publish on {channel}") from None
@@ -367,7 +373,7 @@ class RedisEngine:
         try:
             epoch, number = self._head_script(keys=[self._key(channel), self._epoch_key(channel)],
                                               args=[EPOCH_KEEP])
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except self._outages() as exc:
             raise self._unavailable(exc) from None
         except redis.ResponseError as exc:
             raise self._refused(exc, f"the head of {channel}") from None
@@ -387,7 +393,7 @@ class RedisEngine:
             epoch, number, entries = self._after_script(
                 keys=[self._key(channel), self._epoch_key(channel)],
                 args=[key[0] if key else "", key[1] if key else 0, size + 1])
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except self._outages() as exc:
             raise self._unavailable(exc) from None
         except redis.ResponseError as exc:
             raise self._refused(exc, f"the history of {channel}") from None
@@ -626,12 +632,12 @@ class RedisEngine:
         }
 
     def ping(self) -> bool:
-        import redis
-
-        self._ensure_started()
         try:
+            self._ensure_started()
             self._redis.ping()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except ServiceUnavailable:
+            return False
+        except self._outages() as exc:
             self._unavailable(exc)
             return False
         return True

@@ -116,15 +116,27 @@ class RedisClusterEngine(RedisEngine):
         import redis
         from redis.cluster import ClusterNode, RedisCluster
 
+        from redis.exceptions import RedisClusterException
+
         (host, port), *others = self.options["nodes"]
         # Given as a URL, the first node makes the client build each node's pool with connection_pool_class:
         # a bounded pool per node on which a burst of publishers waits (up to the timeout) instead of failing.
         first = f"[{host}]" if ":" in host else host
-        return RedisCluster(
-            url=f"{'rediss' if self.options['ssl'] else 'redis'}://{first}:{port}",
-            startup_nodes=[ClusterNode(h, p) for h, p in others],  # type: ignore[no-untyped-call]
-            connection_pool_class=redis.BlockingConnectionPool, max_connections=POOL_SIZE, timeout=self.timeout,
-            socket_timeout=self.timeout, require_full_coverage=False, **self._node_options())
+        try:
+            return RedisCluster(
+                url=f"{'rediss' if self.options['ssl'] else 'redis'}://{first}:{port}",
+                startup_nodes=[ClusterNode(h, p) for h, p in others],  # type: ignore[no-untyped-call]
+                connection_pool_class=redis.BlockingConnectionPool, max_connections=POOL_SIZE,
+                timeout=self.timeout, socket_timeout=self.timeout, require_full_coverage=False,
+                **self._node_options())
+        except RedisClusterException as exc:  # no node answered: tried again by the next request
+            raise self._unavailable(exc) from None
+
+    def _outages(self) -> tuple[type[Exception], ...]:
+        from redis.exceptions import ClusterDownError, RedisClusterException, TryAgainError
+
+        # The cluster is electing a new primary (CLUSTERDOWN, TRYAGAIN), or no node of it answers.
+        return (*super()._outages(), ClusterDownError, TryAgainError, RedisClusterException)
 
     def _start_reader(self) -> None:
         self._shard_readers: dict[str, ShardReader] = {}  # node name -> its reader
@@ -323,6 +335,8 @@ class ShardReader:
                 return
             except Exception:  # noqa: BLE001 (the cluster has not elected a new primary yet)
                 time.sleep(RETRY_WAIT)
+                for channel in [c for c in channels if c not in engine._local]:  # nobody listens any more
+                    engine._forget_channel(channel)
                 channels = [c for c in channels if c in engine._positions]
 
     def _stop(self) -> None:
