@@ -5,7 +5,10 @@
   ``{"channel": ..., "data": ...}`` and its id a cursor over all of them.
 - ``POST /api/broadcast``: ``{"channel": "...", "event": "...", "data": <any JSON>}``; or the SSE API's
   ``{"message": "...", "timestamp": "..."}``, published whole on ``ROVER_DEFAULT_CHANNEL``. Answers
-  ``{"id": ..., "channel": ..., "subscribers": N}``.
+  ``{"id": ..., "channel": ..., "subscribers": N}``. A JSON array of such objects (at most
+  ``ROVER_MAX_BATCH``) is a batch: every event is checked first (nothing is published if one is refused:
+  the error names its ``index``), then they are published in order, and the answer is
+  ``{"events": [{"id", "channel", "subscribers"}, ...]}``.
 
 Bad input is refused before anything is published: 415 for a body that is not ``application/json``, 413
 beyond ``ROVER_MAX_BODY_BYTES``, 400 for invalid JSON, a missing or unknown field, or a bad channel or
@@ -26,6 +29,7 @@ from .hub.names import guarded_names
 from .limits import check_publish_rate
 from .runtime import get_runtime
 from .transport.event_stream import last_event_id, sse_response
+from .wire.sse import encode
 
 api = Blueprint("api", __name__)
 
@@ -62,7 +66,10 @@ def broadcast() -> Any:
     # Before the body is read: a client without a token must not hold one of the few body-reading slots.
     require_token(_secret(), "publish")
     body = json_body()
-    channel, event, data = _broadcast_fields(body, runtime.settings["DEFAULT_CHANNEL"])
+    default = runtime.settings["DEFAULT_CHANNEL"]
+    if isinstance(body, list):
+        return _broadcast_batch(body, default)
+    channel, event, data = _broadcast_fields(body, default)
     claims = require(_secret(), "publish", [channel])
     check_publish_rate(claims)
     try:
@@ -70,6 +77,39 @@ def broadcast() -> Any:
     except EncodeError as exc:
         raise ApiError(str(exc), code="invalid_event") from None
     return jsonify(id=result.message.id, channel=channel, subscribers=result.subscribers)
+
+
+def _broadcast_batch(items: list[Any], default_channel: str) -> Any:
+    """Check every event, then publish them in order. A failure of the store part-way (503) says which
+    were published."""
+    runtime = get_runtime()
+    limit = runtime.settings["MAX_BATCH"]
+    if not items or len(items) > limit:
+        raise ApiError(f"A batch holds 1 to {limit} events, not {len(items)}.", code="invalid_batch")
+    events = []
+    for index, item in enumerate(items):
+        try:
+            channel, event, data = _broadcast_fields(item, default_channel)
+            encode("null" if data is None else data, event=event)  # refused now, not half-way through
+        except EncodeError as exc:
+            raise ApiError(f"Event {index}: {exc}", code="invalid_event") from None
+        except ApiError as exc:
+            exc.message = f"Event {index}: {exc.message}"
+            raise
+        events.append((channel, event, data))
+    claims = require(_secret(), "publish", sorted({channel for channel, _, _ in events}))
+    check_publish_rate(claims, len(events))
+    published: list[dict[str, Any]] = []
+    for channel, event, data in events:
+        try:
+            result = runtime.hub.publish(channel, data, event=event)
+        except ApiError as exc:
+            if published:
+                exc.message += f" {len(published)} of the {len(events)} events were published first: " + \
+                    ", ".join(p["id"] for p in published) + "."
+            raise
+        published.append({"id": result.message.id, "channel": channel, "subscribers": result.subscribers})
+    return jsonify(events=published)
 
 
 def _broadcast_fields(body: Any, default_channel: str) -> tuple[str, str | None, Any]:

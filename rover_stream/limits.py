@@ -41,15 +41,17 @@ class TokenBucket:
         self.allowance = self.burst
         self.last = time.monotonic()
 
-    def take(self) -> float:
-        """Take one token: 0 when the action may go on, else the seconds until it may (nothing taken)."""
+    def take(self, count: int = 1) -> float:
+        """Take ``count`` tokens: 0 when the actions may go on, else the seconds until they may (nothing
+        taken). More than a burst at once is allowed when the bucket is full, and repaid before the next."""
         now = time.monotonic()
         self.allowance = min(self.burst, self.allowance + (now - self.last) * self.rate)
         self.last = now
-        if self.allowance >= 1:
-            self.allowance -= 1
+        needed = min(count, self.burst)
+        if self.allowance >= needed:
+            self.allowance -= count
             return 0.0
-        return (1 - self.allowance) / self.rate
+        return (needed - self.allowance) / self.rate
 
 
 class RateLimiter:
@@ -60,19 +62,20 @@ class RateLimiter:
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self._lock = threading.Lock()
 
-    def allow(self, key: str) -> float:
-        """0 when ``key`` may go on, else the seconds until it may."""
+    def allow(self, key: str, count: int = 1) -> float:
+        """0 when ``key`` may go on (with ``count`` actions), else the seconds until it may."""
         with self._lock:
             bucket = self._buckets.pop(key, None) or TokenBucket(self.rate)
-            wait = bucket.take()
+            wait = bucket.take(count)
             self._buckets[key] = bucket
             while len(self._buckets) > MAX_CLIENTS:
                 self._buckets.popitem(last=False)
         return wait
 
 
-def check_publish_rate(claims: dict[str, object] | None = None) -> None:
-    """Raise 429 when the current client publishes faster than ``ROVER_PUBLISH_RATE`` (0: no limit)."""
+def check_publish_rate(claims: dict[str, object] | None = None, count: int = 1) -> None:
+    """Raise 429 when the current client publishes faster than ``ROVER_PUBLISH_RATE`` (0: no limit); a
+    batch counts each of its ``count`` events."""
     runtime = get_runtime()
     rate: float = runtime.settings["PUBLISH_RATE"]
     if not rate:
@@ -82,7 +85,7 @@ def check_publish_rate(claims: dict[str, object] | None = None) -> None:
         limiter = current_app.extensions["rover_stream_publish_limiter"] = RateLimiter(rate)
     subject = claims.get("sub") if claims else None
     key = f"sub:{subject}" if isinstance(subject, str) else f"addr:{request.remote_addr}"
-    wait = limiter.allow(key)
+    wait = limiter.allow(key, count)
     if wait:
         raise TooManyRequests(f"Publishing is limited to {rate:g} events a second per client; "
                               f"retry in {wait:.2f} s.", retry_after=wait)

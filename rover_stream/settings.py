@@ -322,6 +322,9 @@ SETTINGS: tuple[Setting, ...] = (
             "an integer from 1 to 10000000"),
     Setting("MAX_CHANNELS_PER_STREAM", _integer(1, 1000), 32,
             "Channels one SSE connection may subscribe to.", "an integer from 1 to 1000"),
+    Setting("MAX_BATCH", _integer(1, 100_000), 1000,
+            "Most events one POST /api/broadcast may carry as a JSON array (a batch); the body limit "
+            "(ROVER_MAX_BODY_BYTES) applies too.", "an integer from 1 to 100000"),
     Setting("DEFAULT_CHANNEL", _channel, "broadcast",
             "Channel of POST /api/broadcast bodies that name none (the {message, timestamp} shape of the SSE "
             "API's broadcast).",
