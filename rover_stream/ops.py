@@ -31,7 +31,7 @@ def health() -> Any:
     runtime = get_runtime()
     engine = runtime.hub.engine
     body: dict[str, Any] = {
-        "status": "shutting_down" if runtime.shutting_down else "ok",
+        "status": "shutting_down" if runtime.shutting_down else "healthy",
         "pid": os.getpid(),
         "connected_clients": runtime.open_streams,
         "open_streams": runtime.open_streams,

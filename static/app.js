@@ -1444,7 +1444,7 @@
     try {
       const res = await fetch(ROOT + "/health", { cache: "no-store" });
       const body = await res.json().catch(() => null);
-      const ok = res.ok && body && body.status === "ok";
+      const ok = res.ok && body && body.status === "healthy";
       if (box) box.dataset.state = ok ? "live" : "offline";
       const bits = ["server " + (body && body.status ? String(body.status) : "HTTP " + res.status)];
       if (body) {

@@ -234,7 +234,7 @@ def test_cors_lets_listed_sites_read_streams_and_keeps_others_out(browser: Any, 
         other.wait_for_function("window.result.error && window.result.fetchError !== null", timeout=10000)
         publish("cors-check", {"n": 1})
         listed.wait_for_function("window.result.events.length === 1", timeout=10000)
-        assert listed.evaluate("window.result") == {"events": [{"n": 1}], "error": False, "fetched": "ok",
+        assert listed.evaluate("window.result") == {"events": [{"n": 1}], "error": False, "fetched": "healthy",
                                                     "fetchError": None, "open": True}
         outcome = other.evaluate("window.result")
         assert outcome["events"] == [] and outcome["fetched"] is None and "fetch" in outcome["fetchError"].lower()

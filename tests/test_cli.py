@@ -36,7 +36,7 @@ def test_serve_runs_gunicorn_with_gevent_and_answers(tmp_path: Path) -> None:
         while True:
             try:
                 with urllib.request.urlopen(url, timeout=2) as answer:
-                    assert b'"status":"ok"' in answer.read()
+                    assert b'"status":"healthy"' in answer.read()
                 break
             except OSError:
                 assert time.monotonic() < deadline

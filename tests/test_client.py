@@ -622,7 +622,7 @@ def test_api_errors_carry_the_server_message(server: Any) -> None:
         Client(server.url).publish("bad name!", 1)
     assert caught.value.status == 400 and caught.value.code == "invalid_channel"
     assert "Invalid channel name 'bad name!'" in str(caught.value)
-    assert Client(server.url).health()["status"] == "ok"
+    assert Client(server.url).health()["status"] == "healthy"
     assert "active_streams" in Client(server.url).stream_stats()
 
 

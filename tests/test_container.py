@@ -156,7 +156,7 @@ def test_health_answers_json_with_the_redis_engine(stack: Stack, via: str) -> No
     status, headers, body = _get(stack.port(via), "/health")
     assert status == 200 and headers["Content-Type"].startswith("application/json"), (status, headers)
     health = json.loads(body)
-    assert health["status"] == "ok" and health["engine"] == "redis" and health["redis"] == "ok", health
+    assert health["status"] == "healthy" and health["engine"] == "redis" and health["redis"] == "ok", health
     if via == "nginx":
         assert headers["Server"].startswith("nginx") and headers.get("X-Request-ID"), headers
 

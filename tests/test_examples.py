@@ -156,7 +156,7 @@ def test_the_shop_keeps_its_page_and_gains_the_prefixed_routes(shop: ExampleServ
     status, headers, body = call(shop.port, "GET", "/")
     assert status == 200 and headers["content-type"].startswith("text/html")
     assert b"new EventSource(\"/countdown\")" in body
-    assert get_json(shop.port, "/rt/health")["status"] == "ok"
+    assert get_json(shop.port, "/rt/health")["status"] == "healthy"
     status, headers, body = call(shop.port, "GET", "/nope")
     assert status == 404 and headers["content-type"].startswith("text/html")  # the app's own 404, as before
     status, headers, body = call(shop.port, "GET", "/rt/realtime/-bad-")

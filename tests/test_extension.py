@@ -68,7 +68,7 @@ def test_everything_mounts_under_the_prefix_only() -> None:
     client = app.test_client()
     assert client.get("/health").get_json() == {"host": "ok"}
     health = client.get(f"{PREFIX}/health")
-    assert health.status_code == 200 and health.get_json()["status"] == "ok"
+    assert health.status_code == 200 and health.get_json()["status"] == "healthy"
     assert health.headers["X-Request-ID"]
 
 

@@ -87,7 +87,7 @@ def test_a_file_that_shrinks_mid_download_is_cut_not_padded(live_server: Any) ->
     print(f"file truncated mid-download: the client got {total:,} bytes of 64 MiB, the connection ended "
           f"{ended_after:.2f} s later")
     assert total < 64 * 1024 * 1024 and ended_after < 10  # cut short, never padded nor left hanging
-    assert get_json(server.port, "/health")["status"] == "ok"
+    assert get_json(server.port, "/health")["status"] == "healthy"
     (server.uploads / "fine.bin").write_bytes(b"y" * 100_000)
     fine = request(server.port, "/download/fine.bin")
     try:

@@ -165,7 +165,7 @@ def test_serve_from_an_empty_folder_on_port_serves_everything(installed: Install
     status, headers, body = fetch(port, "/static/app.js")
     assert status == 200 and b"EventSource" in body
     health = json.loads(fetch(port, "/health")[2])
-    assert health["status"] == "ok"
+    assert health["status"] == "healthy"
 
     reader = subscribe(port, "install-news")
     publish = Publisher(port)

@@ -387,7 +387,7 @@ def test_health_and_status_document(server: Any) -> None:
     reader = sse(server, "/events?interval=0.2")
     reader.events(1)
     health = get_json(server.port, "/health")
-    assert health["status"] == "ok" and health["connected_clients"] >= 1
+    assert health["status"] == "healthy" and health["connected_clients"] >= 1
     assert health["producers"] == {"rover-telemetry": "running", "server-metrics": "running", "metrics-sync": "running"}
     status = request(server.port, "/", {"Accept": "application/json"})
     document = json.loads(status.body())

@@ -56,7 +56,7 @@ def test_stream_cap_answers_503_and_health_keeps_answering(live_server) -> None:
     started = time.monotonic()
     health = get_json(server.port, "/health")
     assert time.monotonic() - started < 1.0
-    assert health["status"] == "ok" and health["open_streams"] == 3 and health["max_streams"] == 3
+    assert health["status"] == "healthy" and health["open_streams"] == 3 and health["max_streams"] == 3
 
     held.pop().close()
     assert wait_for(lambda: get_json(server.port, "/health")["open_streams"] == 2, timeout=5)

@@ -205,7 +205,7 @@ def test_ready_follows_capacity_and_redis(live_server: Any, redis_server: Any) -
         assert answer.status == 503 and answer.headers["retry-after"] == "1"
         assert body["checks"]["capacity"] == {"ok": False, "open_streams": 2, "max_streams": 2}
         answer.close()
-        assert get_json(server.port, "/health")["status"] == "ok"  # alive all the same
+        assert get_json(server.port, "/health")["status"] == "healthy"  # alive all the same
     finally:
         for reader in readers:
             reader.response.close()

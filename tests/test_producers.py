@@ -105,7 +105,7 @@ sys.modules["rover_stream.demo"] = None  # as if the package were deleted
 import rover_stream as rs
 app = rs.create_app({"ROVER_DEMO": False})
 client = app.test_client()
-assert client.get("/health").json["status"] == "ok"
+assert client.get("/health").json["status"] == "healthy"
 assert client.get("/").status_code == 404
 answer = client.post("/api/broadcast", json={"channel": "news", "data": 1})
 assert answer.status_code == 200, answer.json
