@@ -10,6 +10,9 @@
   the error names its ``index``), then they are published in order, and the answer is
   ``{"events": [{"id", "channel", "subscribers"}, ...]}``.
 
+- ``GET /api/channels/<channel>`` (or ``?channel=a&channel=b``): subscribers across workers and hosts,
+  last id, history length and time span.
+
 Bad input is refused before anything is published: 415 for a body that is not ``application/json``, 413
 beyond ``ROVER_MAX_BODY_BYTES``, 400 for invalid JSON, a missing or unknown field, or a bad channel or
 event name.
@@ -21,7 +24,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from .auth import require, require_token
+from .auth import presented_claims, require, require_token
 from .body import json_body
 from .errors import ApiError, EncodeError
 from .hub import validate_channel
@@ -110,6 +113,32 @@ def _broadcast_batch(items: list[Any], default_channel: str) -> Any:
             raise
         published.append({"id": result.message.id, "channel": channel, "subscribers": result.subscribers})
     return jsonify(events=published)
+
+
+@api.get("/api/channels/<channel>")
+@api.get("/api/channels")
+def channel_info(channel: str | None = None) -> Any:
+    """What channels hold: ``subscribers`` (every worker and host's), ``last_id``, ``history`` (events a
+    resuming client could be given) and its time span (``oldest``, ``newest``: Unix times). One channel:
+    ``/api/channels/<name>``; several: ``/api/channels?channel=a&channel=b`` (``{"channels": [...]}``).
+    With a secret, a token whose ``subscribe`` claim covers them (or an admin token)."""
+    names = [channel] if channel is not None else request.args.getlist("channel")
+    for group in request.args.getlist("channels"):
+        names.extend(part for part in group.split(",") if part)
+    if not names:
+        raise ApiError("Name the channels: /api/channels/<channel>, or /api/channels?channel=a&channel=b.",
+                       code="invalid_channel")
+    limit = get_runtime().hub.max_channels_per_stream
+    if len(names) > limit:
+        raise ApiError(f"Ask for at most {limit} channels at once, not {len(names)}.", code="too_many_channels")
+    for name in names:
+        validate_channel(name)
+    claims = presented_claims(_secret())
+    if not (claims and claims.get("admin") is True):
+        require(_secret(), "subscribe", names)  # who listens where is told only to those who may listen
+    hub = get_runtime().hub
+    infos = [hub.info(name) for name in dict.fromkeys(names)]
+    return jsonify(infos[0]) if channel is not None else jsonify(channels=infos)
 
 
 def _broadcast_fields(body: Any, default_channel: str) -> tuple[str, str | None, Any]:

@@ -66,6 +66,8 @@ def test_channels_spread_over_the_shards_and_every_event_arrives_in_order_on_two
         assert [json.loads(e.data)["n"] for e in reader.dispatched] == list(range(20))
     # Every worker counts its subscribers in the channel's slot: the publish answer sums all hosts.
     assert wait_for(lambda: publish_a(channels[0], "count")["subscribers"] == 2, timeout=12)
+    info = get_json(host_b.port, f"/api/channels/{channels[1]}")
+    assert info["subscribers"] == 2 and info["last_id"] == sent[channels[1]][-1] and info["history"] == 20
     for reader in readers.values():
         reader.response.close()
     publish_a.close()

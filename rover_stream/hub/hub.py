@@ -298,6 +298,19 @@ class Hub:
         with self._lock:
             return self.engine.history(channel, key)
 
+    def info(self, channel: str) -> dict[str, Any]:
+        """What a channel holds: its subscribers (every worker and host's, on a shared engine), last id,
+        history length and time span. See :meth:`Engine.info`."""
+        validate_channel(channel)
+        if self._shared is not None:  # a network round trip: never with the lock held
+            info = self._shared.info(channel)
+        else:
+            with self._lock:
+                info = self.engine.info(channel)
+                found = self._channels.get(channel)
+                info["subscribers"] = len(found.subscribers) if found else 0
+        return {"channel": channel, **info}
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             per_channel = {name: len(c.subscribers) for name, c in self._channels.items() if c.subscribers}

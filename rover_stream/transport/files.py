@@ -8,9 +8,17 @@ answered with the whole file, which HTTP allows).
 
 Under gunicorn, the body writes the file with ``os.sendfile`` straight to the client socket. gevent's own
 ``socket.sendfile`` is an 8 KiB ``send`` loop in Python; ours asks the kernel for the whole remainder per
-call and, when the socket's buffer is full, waits cooperatively for it to drain. The first bytes go through
-the server's normal write, which sends the headers first. Elsewhere (the development server, TLS) the body
-reads and yields ``FILE_CHUNK_SIZE`` chunks.
+call, calls again at once while the socket takes more, and only when it answers EAGAIN waits cooperatively
+for the socket's buffer to drain (on one event-loop watcher for the whole transfer). The first bytes go
+through the server's normal write, which sends the headers first. Elsewhere (the development server, TLS)
+the body reads and yields ``FILE_CHUNK_SIZE`` chunks.
+
+Neither TCP_CORK (nginx's ``tcp_nopush``) nor a small TCP_NOTSENT_LOWAT is set; both were measured over
+loopback (``bench/downloads.py``, 512 MiB). The cork moves the kernel's transmit work from the server's
+``sendfile`` to the client's reads, which is where the bytes are also copied. A 256 KiB unsent limit does
+the opposite, and about halves the client's CPU per download, but costs 10-17 % of throughput when the
+worker has to wait for a CPU: the megabytes left queued in the socket are what carry the client through
+the worker's scheduling delays.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from flask import Response, request
 from werkzeug.http import dump_options_header, http_date, parse_date
 from werkzeug.security import safe_join
 
+from ..concurrency import gevent_active
 from ..errors import ApiError, StreamAborted, error_response
 from ..runtime import StreamRuntime, get_runtime
 from .sockets import MIN_PROGRESS, bytes_taken, unacknowledged, wait_writable
@@ -82,36 +91,71 @@ class FileBody(StreamBody):
         # that takes a slow client, still reading, longer than SEND_TIMEOUT.
         behind_since = 0.0
         queued = sent_since = 0
-        while offset < end:
-            self.check_shutdown()
-            try:
-                sent = os.sendfile(out, self._fd, offset, min(end - offset, SENDFILE_MAX))
-            except BlockingIOError:
-                now = time.monotonic()
-                if not behind_since:
-                    behind_since, queued, sent_since = now, unacknowledged(out), 0
-                elif now - behind_since > self._send_timeout:
-                    taken, waiting = bytes_taken(out, queued, sent_since)
-                    if taken < MIN_PROGRESS:
-                        # Reset, not close: a closed socket would go on sending its megabytes of buffer to
-                        # the trickling client, from kernel memory, for minutes.
-                        self._sendfile_socket.setsockopt(  # type: ignore[union-attr]
-                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                        raise StreamAborted(f"the client took {max(taken, 0)} bytes in {self._send_timeout:g} s") \
-                            from None
-                    behind_since, queued, sent_since = now, waiting, 0
-                wait_writable(out, SHUTDOWN_CHECK_INTERVAL)  # in slices: a shutdown is noticed meanwhile
-                continue
-            except (BrokenPipeError, ConnectionResetError) as exc:
-                raise ClientDisconnected from exc
-            if sent == 0:
-                raise StreamAborted("the file shrank while it was being sent")
-            sent_since += sent
-            offset += sent
-            self.bytes_sent += sent
+        writable = _WritableWaiter(out)
+        try:
+            while offset < end:
+                self.check_shutdown()
+                try:
+                    sent = os.sendfile(out, self._fd, offset, min(end - offset, SENDFILE_MAX))
+                except BlockingIOError:
+                    now = time.monotonic()
+                    if not behind_since:
+                        behind_since, queued, sent_since = now, unacknowledged(out), 0
+                    elif now - behind_since > self._send_timeout:
+                        taken, waiting = bytes_taken(out, queued, sent_since)
+                        if taken < MIN_PROGRESS:
+                            # Reset, not close: a closed socket would go on sending its megabytes of buffer
+                            # to the trickling client, from kernel memory, for minutes.
+                            self._sendfile_socket.setsockopt(  # type: ignore[union-attr]
+                                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                            raise StreamAborted(
+                                f"the client took {max(taken, 0)} bytes in {self._send_timeout:g} s") from None
+                        behind_since, queued, sent_since = now, waiting, 0
+                    writable.wait(SHUTDOWN_CHECK_INTERVAL)  # in slices: a shutdown is noticed meanwhile
+                    continue
+                except (BrokenPipeError, ConnectionResetError) as exc:
+                    raise ClientDisconnected from exc
+                if sent == 0:
+                    raise StreamAborted("the file shrank while it was being sent")
+                sent_since += sent
+                offset += sent
+                self.bytes_sent += sent
+        finally:
+            writable.close()
 
     def cleanup(self) -> None:
         os.close(self._fd)
+
+
+class _WritableWaiter:
+    """Waits until socket ``fd`` takes more bytes. Under gevent it keeps one io watcher for the whole
+    transfer: ``gevent.socket.wait_write`` makes a new watcher per wait, and libev registers each new one
+    with the kernel again (an ``epoll_ctl`` that fails with EEXIST, at every wait). Elsewhere, poll()."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._watcher: Any = None
+        if gevent_active():
+            from gevent import get_hub
+
+            self._watcher = get_hub().loop.io(fd, 2)  # 2: writable
+
+    def wait(self, timeout: float) -> None:
+        """Until the socket is writable or ``timeout`` seconds have passed (the caller then just tries)."""
+        if self._watcher is None:
+            wait_writable(self._fd, timeout)
+            return
+        from gevent.socket import wait
+
+        try:
+            wait(self._watcher, timeout)
+        except OSError:  # gevent raises socket.timeout (an OSError) when the time is up
+            pass
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
 
 
 def _plain_http1(environ: Mapping[str, Any]) -> bool:

@@ -75,6 +75,11 @@ class Engine(Protocol):
     def idle_since(self, channel: str) -> float:
         """When the channel last had a message here (0 if unknown): the idlest are forgotten first."""
 
+    def info(self, channel: str) -> dict[str, Any]:
+        """What the store holds of a channel: ``last_id`` (None before its first event), ``history`` (events
+        a client resuming now could be given), ``oldest`` and ``newest`` (their times, or None), and
+        ``subscribers`` across the deployment (None when only the hub knows: this process is it)."""
+
     def stats(self) -> dict[str, Any]:
         """Figures for ``/admin/stream-stats`` and the metrics; ``engine`` names the engine."""
 

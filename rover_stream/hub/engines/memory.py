@@ -11,7 +11,7 @@ import time
 from collections import deque
 from typing import Any, Literal
 
-from ..message import Key, Message
+from ..message import Key, Message, format_id
 from ..presence import Presence
 from . import Replay
 
@@ -109,6 +109,16 @@ class MemoryEngine:
             return []
         self._expire(log, time.time())
         return [m for m in log.history if after is None or m.key > after]
+
+    def info(self, channel: str) -> dict[str, Any]:
+        log = self._logs.get(channel)
+        if log is None or not log.seq:
+            return {"last_id": None, "history": 0, "oldest": None, "newest": None, "subscribers": None}
+        self._expire(log, time.time())
+        history = log.history
+        return {"last_id": format_id((log.epoch, log.seq)), "history": len(history),
+                "oldest": history[0].time if history else None, "newest": history[-1].time if history else None,
+                "subscribers": None}
 
     def stats(self) -> dict[str, Any]:
         return {"engine": self.name, "history_events": sum(len(log.history) for log in self._logs.values())}

@@ -184,6 +184,22 @@ end
 return {e, n, redis.call('XREVRANGE', KEYS[1], '+', low, 'COUNT', ARGV[3])}
 """
 
+#: What a channel holds: its epoch and number, the count of entries, the newest entry and the oldest a
+#: replay could give (the number ``n - size + 1`` of the epoch, or the first after it), and the subscriber
+#: counts of every worker. KEYS: stream, epoch, counts. ARGV: history size.
+#: Returns {epoch or false, n, xlen, newest entries, oldest entries, counts}.
+INFO_SCRIPT = """
+local state = redis.call('HMGET', KEYS[2], 'e', 'n')
+local e, n = state[1], tonumber(state[2] or '0')
+local oldest = {}
+if e and n > 0 then
+  local from = math.max(1, n - tonumber(ARGV[1]) + 1)
+  oldest = redis.call('XRANGE', KEYS[1], e .. '-' .. string.format('%.0f', from), '+', 'COUNT', 1)
+end
+return {e or false, n, redis.call('XLEN', KEYS[1]), redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1),
+        oldest, redis.call('HGETALL', KEYS[3])}
+"""
+
 #: The epochs of the channels a worker has subscribers to live at least ARGV[1] seconds more; never
 #: shortened (a stream's epoch must outlive it), never created.
 #: KEYS: epochs. ARGV: seconds.
@@ -250,6 +266,7 @@ class RedisEngine:
         self._head_script: Any = self._redis.register_script(HEAD_SCRIPT)
         self._after_script: Any = self._redis.register_script(AFTER_SCRIPT)
         self._keep_script: Any = self._redis.register_script(KEEP_SCRIPT)
+        self._info_script: Any = self._redis.register_script(INFO_SCRIPT)
         self._refreshed: dict[str, float] = {}  # channel -> when its expiry and count were last refreshed
         self._subscribers: dict[str, int] = {}  # channel -> subscribers in all workers, as last read
         self._start_reader()
@@ -620,6 +637,44 @@ class RedisEngine:
 
     def idle_since(self, channel: str) -> float:
         return 0.0
+
+    def info(self, channel: str) -> dict[str, Any]:
+        import redis
+
+        self._ensure_started()
+        size = self.size_for(channel)
+        try:
+            epoch, number, _, newest, oldest, flat = self._info_script(
+                keys=[self._key(channel), self._epoch_key(channel), self._counts_key(channel)], args=[size])
+        except self._outages() as exc:
+            raise self._unavailable(exc) from None
+        except redis.ResponseError as exc:
+            raise self._refused(exc, f"the information of {channel}") from None
+        subscribers = _sum_counts(dict(zip(flat[::2], flat[1::2], strict=True)))
+        if not epoch or not int(number):
+            return {"last_id": None, "history": 0, "oldest": None, "newest": None, "subscribers": subscribers}
+
+        def stored(entries: list[Any]) -> Key | None:
+            return parse_id(_text(entries[0][0])) if entries else None
+
+        def when(entries: list[Any]) -> float | None:
+            fields = dict(zip(entries[0][1][::2], entries[0][1][1::2], strict=True)) if entries else {}
+            return int(fields[b"t"]) / 1000 if b"t" in fields else None
+
+        first, last = stored(oldest), stored(newest)
+        # Entries older than the history's age limit are not replayed: count from the first that is not.
+        oldest_time = when(oldest)
+        history = 0
+        if first is not None and last is not None and first[0] == last[0]:
+            history = last[1] - first[1] + 1
+        newest_time = when(newest)
+        if oldest_time is not None and oldest_time < time.time() - self.history_ttl:
+            kept = self.history(channel)  # some are past the age limit: count what a replay would give
+            history = len(kept)
+            oldest_time, newest_time = (kept[0].time, kept[-1].time) if kept else (None, None)
+        return {"last_id": f"{_text(epoch)}-{int(number)}", "history": history,
+                "oldest": oldest_time if history else None, "newest": newest_time if history else None,
+                "subscribers": subscribers}
 
     def stats(self) -> dict[str, Any]:
         started = self._pid == os.getpid()
