@@ -4,7 +4,10 @@
 A room is the hub channel ``room.<room>``, so with the Redis engine members on different workers and hosts
 share it, and its history replays like any channel's (SSE clients may listen on it too).
 
-Frames are JSON objects (see :data:`FRAME_TYPES`)::
+A client that asks for the ``rover.json`` subprotocol (``Sec-WebSocket-Protocol``; the JavaScript library,
+the Python ``RoomClient``, the CLI) gets JSON frames; one that asks for none (``wscat``) gets each frame as a
+line of plain text (:mod:`rover_stream.wire.room_text`): ``Message: hello``, ``* ada joined science``.
+The JSON frames (see :data:`FRAME_TYPES`)::
 
     {"type": "message", "room": "science", "user": "ada", "text": "Sample 7 looks odd", "id": "...",
      "timestamp": 1795263245.1}
@@ -55,6 +58,7 @@ from .transport import websocket
 from .transport.parked import parking_lot
 from .transport.parked_websocket import (CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TRY_LATER,
                                          ParkedWebSocket, linger, split_frames)
+from .wire.room_text import JSON_SUBPROTOCOL, plain_text
 from .wire.untrusted import Rejected, parse_json
 from .wire.websocket import close_frame, text_frame
 
@@ -75,7 +79,8 @@ class Member:
 
     kind = "websocket"
 
-    def __init__(self, runtime: StreamRuntime, ws: Any, room: str, user: str, presence: Presence) -> None:
+    def __init__(self, runtime: StreamRuntime, ws: Any, room: str, user: str, presence: Presence,
+                 plain: bool = False) -> None:
         settings = runtime.settings
         self.runtime = runtime
         self.ws = ws
@@ -96,7 +101,8 @@ class Member:
         self.ping_interval: float = settings["WS_PING_INTERVAL"]
         self.idle_timeout: float = settings["WS_IDLE_TIMEOUT"]
         self._messages = TokenBucket(settings["WS_MESSAGE_RATE"])
-        self.feed: Subscription = runtime.hub.subscribe(self.channel, format="ws")
+        self.plain = plain  # plain-text frames (a client that asked for no subprotocol), else JSON
+        self.feed: Subscription = runtime.hub.subscribe(self.channel, format="ws-text" if plain else "ws")
         self.id = self.feed.id
         self.parked: ParkedWebSocket | None = None
         self.input_open = True
@@ -115,7 +121,8 @@ class Member:
         self.feed.wake()
 
     def send_frame(self, obj: dict[str, Any]) -> None:
-        self._queue(text_frame(json.dumps(obj, separators=(",", ":")).encode()))
+        text = plain_text(obj) if self.plain else json.dumps(obj, separators=(",", ":"))
+        self._queue(text_frame(text.encode()))
 
     def send_raw(self, data: bytes) -> None:
         """Frames from simple-websocket (pongs, a close), several at once when the client's bytes held
@@ -290,7 +297,7 @@ def comms(ws: Any, team_channel: str) -> None:
     sock = request.environ["gunicorn.socket"]
     presence: Presence = current_app.extensions["rover_stream_presence"]
     try:
-        member = Member(runtime, ws, room, user, presence)
+        member = Member(runtime, ws, room, user, presence, plain=ws.subprotocol != JSON_SUBPROTOCOL)
     except ApiError as exc:
         # Refused after the upgrade (the checks before it passed, then the worker began to stop, filled
         # up, or lost Redis): the 101 is out, so an HTTP answer would be garbage to the client. Close.

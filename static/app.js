@@ -1158,7 +1158,7 @@
     setWsState("connecting");
     let ws;
     try {
-      ws = new WebSocket(wsUrl(conn.room, conn.user));
+      ws = new WebSocket(wsUrl(conn.room, conn.user), "rover.json");  // JSON frames (plain text without it)
     } catch (err) {
       chatLine("error", { text: "Cannot open the comms link: " + (err && err.message ? err.message : err) });
       scheduleComms(conn);

@@ -63,8 +63,8 @@ def test_everything_mounts_under_the_prefix_only() -> None:
     app = make_app(config={"ROVER_METRICS_INTERVAL": 0})
     rules = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.startswith("rover_stream.")}
     assert rules == {f"{PREFIX}{path}" for path in (
-        "/realtime", "/realtime/<channel>", "/api/broadcast", "/health", "/ready", "/metrics",
-        "/admin/stream-stats", "/ws/comms/<team_channel>", "/api/rooms/<room>")}
+        "/realtime", "/realtime/<channel>", "/api/broadcast", "/api/channels", "/api/channels/<channel>", "/health",
+        "/ready", "/metrics", "/admin/stream-stats", "/ws/comms/<team_channel>", "/api/rooms/<room>")}
     client = app.test_client()
     assert client.get("/health").get_json() == {"host": "ok"}
     health = client.get(f"{PREFIX}/health")

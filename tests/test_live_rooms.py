@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import simple_websocket
 
-from tests.wire_helpers import get_json, request, wait_for, ws_client_class
+from tests.wire_helpers import get_json, next_message, request, wait_for, ws_client_class
 
 RoomClient = ws_client_class()
 
@@ -293,3 +293,35 @@ def test_room_members_are_listed_across_instances_on_redis(live_server: Any, red
     grace.close()
     assert wait_for(lambda: get_json(host_a.port, "/api/rooms/crew")["members"] == ["ada"], timeout=5)
     ada.close()
+
+
+def test_a_client_that_asks_for_no_subprotocol_reads_plain_text_lines(module_server: Any) -> None:
+    """What ``wscat -c ws://.../ws/comms/science`` shows: ``Message: hello``, and short ``*`` lines; a client
+    that asks for ``rover.json`` in the same room gets the same events as JSON frames."""
+    server = module_server(env={"ROVER_DEMO": "0"})
+    client = ws_client_class()
+    url = f"ws://127.0.0.1:{server.port}/ws/comms/plaintext"
+    json_member = client.connect(url + "?user=grace")
+    try:
+        assert json.loads(json_member.receive(timeout=5))["type"] == "history"
+        wscat = client.connect(url, subprotocols=None)
+        try:
+            lines = [wscat.receive(timeout=5) for _ in range(3)]
+            assert lines == ["* no earlier messages in plaintext", "* in plaintext: anonymous, grace",
+                             "* anonymous joined plaintext"]
+            wscat.send("hello")
+            assert wscat.receive(timeout=5) == "Message: hello"
+            heard = next_message(json_member, text="hello")
+            assert heard["user"] == "anonymous" and heard["type"] == "message"
+            json_member.send(json.dumps({"text": "sample 7"}))
+            assert wscat.receive(timeout=5) == "Message: sample 7"
+        finally:
+            wscat.close()
+        late = client.connect(url + "?user=ada", subprotocols=None)
+        try:
+            history = late.receive(timeout=5)
+            assert history.splitlines() == ["* earlier in plaintext:", "Message: hello", "Message: sample 7"]
+        finally:
+            late.close()
+    finally:
+        json_member.close()

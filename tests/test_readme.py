@@ -111,14 +111,14 @@ def test_the_wscat_lines_reach_a_room(demo: Any) -> None:
     assert urls
     for url in urls:
         url = url.replace(ADDRESS, f"127.0.0.1:{demo.port}")
-        client = ws_client_class().connect(url)
+        client = ws_client_class().connect(url, subprotocols=None)  # as wscat: no subprotocol, plain text
         try:
             client.send("hello from the README")
             deadline = time.monotonic() + 10
             while True:
                 frame = client.receive(timeout=max(0.1, deadline - time.monotonic()))
                 assert frame is not None and time.monotonic() < deadline, "no echo"
-                if "hello from the README" in frame:
+                if frame == "Message: hello from the README":
                     break
         finally:
             client.close()

@@ -205,6 +205,11 @@ def ws_client_class() -> Any:
     import simple_websocket
 
     class Client(simple_websocket.Client):  # type: ignore[misc]
+        @classmethod
+        def connect(cls, url: str, subprotocols: Any = ("rover.json",), **kwargs: Any) -> Any:
+            """JSON frames, as the JavaScript and Python clients ask for; ``subprotocols=None`` is wscat."""
+            return super().connect(url, subprotocols=list(subprotocols) if subprotocols else None, **kwargs)
+
         def handshake(self) -> None:
             super().handshake()
             self._handle_events()  # frames that came with the 101 response

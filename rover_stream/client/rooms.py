@@ -43,6 +43,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from ..wire.room_text import JSON_SUBPROTOCOL
 from .errors import ConnectionFailed, HTTPError, RoomClosed
 from .transport import CONNECT_TIMEOUT
 
@@ -190,7 +191,8 @@ class RoomClient:
                 sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
             headers = [(b"Authorization", f"Bearer {token}".encode())] if token else []
             target = parts.path + (f"?{parts.query}" if parts.query else "")
-            sock.sendall(self._ws.send(Request(host=parts.netloc, target=target, extra_headers=headers)))
+            sock.sendall(self._ws.send(Request(host=parts.netloc, target=target, extra_headers=headers,
+                                               subprotocols=[JSON_SUBPROTOCOL])))  # JSON frames, not text
             self._read_handshake(sock)
         except OSError as exc:
             sock.close()

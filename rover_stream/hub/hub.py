@@ -173,7 +173,7 @@ class Hub:
     def subscribe(self, channels: str | list[str] | tuple[str, ...], last_event_id: str | None = None,
                   format: str = "sse") -> Subscription:
         """Subscribe to one channel or several. With ``last_event_id`` (what the client last saw, as sent in
-        ``Last-Event-ID``) the subscription first replays what was missed. ``format="ws"`` renders WebSocket
+        ``Last-Event-ID``) the subscription first replays what was missed. ``format="ws"`` (or ``"ws-text"``) renders WebSocket
         frames (for room members) instead of SSE blocks."""
         names = (channels,) if isinstance(channels, str) else tuple(dict.fromkeys(channels))
         if not names:

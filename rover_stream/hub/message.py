@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..wire.room_text import plain_text
 from ..wire.sse import encode
 from ..wire.websocket import text_frame
 
@@ -48,7 +49,7 @@ class Message:
     lines), built once and written to every single-channel subscriber as is."""
 
     __slots__ = ("channel", "id", "key", "event", "_data", "_data_json", "time", "payload", "_wrapped",
-                 "_ws_frame")
+                 "_ws_frame", "_ws_text")
 
     def __init__(self, channel: str, key: Key, event: str | None, data: Any, body: bytes, time: float,
                  data_json: bytes | None = None) -> None:
@@ -62,6 +63,7 @@ class Message:
         self.payload = b"id: " + self.id.encode() + b"\n" + body
         self._wrapped: bytes | None = None
         self._ws_frame: bytes | None = None
+        self._ws_text: bytes | None = None
 
     @property
     def data(self) -> Any:
@@ -86,6 +88,15 @@ class Message:
                                                                              "id": self.id}
             self._ws_frame = text_frame(json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode())
         return self._ws_frame
+
+    def ws_text_frame(self) -> bytes:
+        """The same as a plain-text frame (:mod:`rover_stream.wire.room_text`), for members that asked for no
+        subprotocol. Built once, on first use."""
+        if self._ws_text is None:
+            data = self.data
+            line = plain_text(data) if isinstance(data, dict) else f"Message: {data}"
+            self._ws_text = text_frame(line.encode())
+        return self._ws_text
 
     def __repr__(self) -> str:
         return f"<Message {self.channel}/{self.id} event={self.event!r}>"

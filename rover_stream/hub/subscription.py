@@ -55,7 +55,9 @@ class Subscription:
         self.hub = hub
         self.channels = channels
         self.multi = len(channels) > 1
-        self.websocket = format == "ws"  # frames for a WebSocket room member instead of SSE blocks
+        # Frames for a WebSocket room member instead of SSE blocks: JSON ("ws") or plain text ("ws-text").
+        self.websocket = format in ("ws", "ws-text")
+        self._frame = Message.ws_text_frame if format == "ws-text" else Message.ws_frame
         self._seen: Key = ORIGIN  # the cursor of a single-channel subscription (``cursor`` for several)
         self.policy = policy
         self.queue: queue.Queue[Any] = queue.Queue(queue_size)
@@ -190,11 +192,12 @@ class Subscription:
         cursor = self.cursor
         if self.websocket:
             seen = self._seen
+            frame = self._frame
             for message in messages:
                 if message is _WAKE or message.key <= seen:
                     continue
                 seen = message.key
-                out.append(message.ws_frame())
+                out.append(frame(message))
             self._seen = seen
         elif not self.multi:
             seen = self._seen

@@ -17,12 +17,16 @@ from typing import Any
 from flask import has_request_context, request
 from wsproto.utilities import LocalProtocolError
 
+from ..wire.room_text import JSON_SUBPROTOCOL
+
 #: The simple-websocket versions this adapter was checked against (its internals are not an API).
 CHECKED = ("1.0", "1.2")  # from 1.0 up to, not including, 1.2
 
 
 #: Set in a request's environ (:func:`run_inline`) for a connection the parking lot will read.
 INLINE = "rover_stream.websocket_inline"
+#: Subprotocols the rooms speak besides plain text (a client that asks for none).
+SUBPROTOCOLS = (JSON_SUBPROTOCOL,)
 
 
 class InlineThread:
@@ -56,6 +60,10 @@ def install(config: dict[str, Any]) -> None:
     options = dict(config.get("SOCK_SERVER_OPTIONS") or {})
     if isinstance(options.get("thread_class"), type) and issubclass(options["thread_class"], InlineThread):
         return
+    # The rooms' JSON subprotocol is offered beside the host's own (a client must ask for it by name).
+    offered = options.get("subprotocols") or []
+    offered = [offered] if isinstance(offered, str) else list(offered)
+    options["subprotocols"] = offered + [p for p in SUBPROTOCOLS if p not in offered]
     host_thread = options.get("thread_class") or threading.Thread
     options["thread_class"] = type("InlineThread", (InlineThread,), {"fallback": host_thread})
     config["SOCK_SERVER_OPTIONS"] = options
@@ -67,7 +75,7 @@ class _AlwaysInline(InlineThread):
 
 def server_options(max_message_size: int) -> dict[str, Any]:
     """simple-websocket's options for a connection run this way, built directly rather than by flask-sock."""
-    return {"max_message_size": max_message_size, "thread_class": _AlwaysInline}
+    return {"max_message_size": max_message_size, "thread_class": _AlwaysInline, "subprotocols": list(SUBPROTOCOLS)}
 
 
 class _WriterSocket:
