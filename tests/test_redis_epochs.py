@@ -138,8 +138,9 @@ def test_epochs_live_as_long_as_their_stream_or_their_subscribers(redis_server: 
     assert ttl("rover:epoch:quiet") > 3000 and ttl("rover:ch:quiet") > 3000
     redis_server.command("HSET", "rover:epoch:short", "e", "5", "n", "0")
     redis_server.command("EXPIRE", "rover:epoch:short", "2")
-    engine._keep_script(keys=["rover:epoch:quiet", "rover:epoch:short", "rover:epoch:none"],
-                        args=[redis_engine_module.EPOCH_KEEP])
+    with engine.client().pipeline(transaction=False) as pipe:
+        engine._keep_epochs(pipe, ["quiet", "short", "none"])
+        pipe.execute()
     assert ttl("rover:epoch:quiet") > 3000  # not shortened
     assert 2 < ttl("rover:epoch:short") <= redis_engine_module.EPOCH_KEEP  # kept alive
     assert ttl("rover:epoch:none") == -2  # not created

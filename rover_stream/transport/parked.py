@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from werkzeug.http import http_date
 
-from ..concurrency import gevent_active
+from ..concurrency import cooperate, gevent_active
 from ..runtime import StreamRuntime
 from ..wire.sse import HEARTBEAT
 from .pipe import FeedEnded
@@ -57,6 +57,10 @@ log = logging.getLogger("rover_stream.transport.parked")
 #: parked streams and by the greenlet-per-stream SSE body alike.
 PROBE_WRITES = 2
 PROBE_INTERVAL = 0.05
+#: Streams the writer serves before it lets the worker's other greenlets run (accepting, answering
+#: requests, the Redis reader, gunicorn's heartbeat): a pass over tens of thousands of streams must not
+#: hold the worker for seconds.
+WRITER_TURN = 256
 #: Longest sleep of the writer between heartbeat rounds.
 MAX_TICK = 1.0
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ETIMEDOUT, errno.EBADF)
@@ -319,16 +323,20 @@ class ParkingLot:
                     self.mark(stream)
             dirty, self._dirty = self._dirty, []
             now = time.monotonic()
-            for stream in dirty:
+            for done, stream in enumerate(dirty, 1):
                 stream.dirty = False
                 try:
                     stream.flush(now)
                 except Exception:
                     log.exception("parked stream failed")
                     stream.close("error")
+                if done % WRITER_TURN == 0:
+                    cooperate()  # thousands of streams to write: let requests and the reader have a turn
             if now >= next_round:
-                for stream in list(self.streams):
+                for done, stream in enumerate(list(self.streams), 1):
                     stream.heartbeat(now, stream.interval, send_timeout)
+                    if done % WRITER_TURN == 0:
+                        cooperate()
                 next_round = now + self._tick
         self._writer = None
 

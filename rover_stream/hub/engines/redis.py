@@ -70,6 +70,8 @@ READ_COUNT = 1000
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 1.0
 #: Seconds between refreshes of this worker's subscriber counts; a count lives three times as long.
 COUNT_REFRESH = 5.0
+#: Seconds the counts wait after a change for the changes that follow it (one write for a burst).
+COUNT_GATHER = 0.2
 #: Redis connections per worker for publishing and history (the reader has its own).
 POOL_SIZE = 8
 #: Entries every channel's stream keeps at least, whatever its history size (even 0, live only): the
@@ -265,7 +267,6 @@ class RedisEngine:
         self._publish_script: Any = self._redis.register_script(self.publish_script)
         self._head_script: Any = self._redis.register_script(HEAD_SCRIPT)
         self._after_script: Any = self._redis.register_script(AFTER_SCRIPT)
-        self._keep_script: Any = self._redis.register_script(KEEP_SCRIPT)
         self._info_script: Any = self._redis.register_script(INFO_SCRIPT)
         self._refreshed: dict[str, float] = {}  # channel -> when its expiry and count were last refreshed
         self._subscribers: dict[str, int] = {}  # channel -> subscribers in all workers, as last read
@@ -601,7 +602,8 @@ class RedisEngine:
         import redis
 
         while True:
-            self._counts_dirty.wait(COUNT_REFRESH)
+            if self._counts_dirty.wait(COUNT_REFRESH):
+                time.sleep(COUNT_GATHER)  # a burst of connections or departures: one write for all of them
             self._counts_dirty.clear()
             expires = int((time.time() + 3 * COUNT_REFRESH) * 1000)
             local = dict(self._local)
@@ -623,9 +625,11 @@ class RedisEngine:
                 self._counts_dirty.set()
 
     def _keep_epochs(self, pipe: Any, channels: list[str]) -> None:
-        """The epochs of ``channels`` (subscribed to here) live at least EPOCH_KEEP seconds more."""
+        """The epochs of ``channels`` (subscribed to here) live at least EPOCH_KEEP seconds more. EVAL, not a
+        registered script: a pipeline would ask SCRIPT EXISTS first, a round trip more each time."""
         if channels:
-            self._keep_script(keys=[self._epoch_key(c) for c in channels], args=[EPOCH_KEEP], client=pipe)
+            pipe.execute_command("EVAL", KEEP_SCRIPT, len(channels), *[self._epoch_key(c) for c in channels],
+                                 EPOCH_KEEP)
 
     # -- the rest of the engine interface -----------------------------------------------------------------------
 
