@@ -37,3 +37,13 @@ def test_rooms_and_churn_benchmarks_run_with_tiny_numbers() -> None:
                                "rover_stream"], cwd=ROOT, capture_output=True, text=True, timeout=280)
         assert "rover_stream against its peers" in done.stdout, done.stderr[-3000:]
         assert "failed:" not in done.stderr, done.stderr[-3000:]
+
+
+@pytest.mark.timeout(300)
+def test_the_scale_benchmark_runs_with_tiny_numbers() -> None:
+    """300 subscribers over two load generators, two workers on a Redis of its own: the harness of the
+    100,000-subscriber run keeps working."""
+    done = subprocess.run([sys.executable, "-m", "bench", "scale", "--quick"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=280)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "rover_stream against its peers" in done.stdout, done.stderr[-3000:]
