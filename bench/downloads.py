@@ -3,8 +3,8 @@
 Method
 ------
 One temporary work dir (``tempfile.mkdtemp()``) holds an uploads folder with one file of ``--size-mib`` MiB
-(a 1 MiB ``os.urandom`` block repeated). Three servers are started side by side, each on its own free
-loopback port, and all serve that same folder:
+(a 1 MiB ``os.urandom`` block repeated, fsync'd so that its write-back does not land in the timed runs).
+Three servers are started side by side, each on its own free loopback port, and all serve that same folder:
 
 * ``rover_stream`` -- ``wsgi:app`` under gunicorn with the project's ``gunicorn.conf.py`` (one gevent
   worker); ``GET /download/<name>`` is rover_stream's ``send_from_directory`` (``os.sendfile`` fast path).
@@ -15,9 +15,20 @@ loopback port, and all serve that same folder:
 
 Downloads. After one untimed warm-up request per server (the file is in the page cache for all three), the
 file is fetched ``--repeat`` times from each server with ``curl -s -o /dev/null`` (``--max-time 120``),
-round-robin so that machine noise hits every server alike. curl's ``size_download`` must equal the file
-size and ``time_total`` gives MB/s (1 MB = 10^6 bytes). Reported: min/median/max per server and the ratio of
-medians rover_stream/nginx and rover_stream/flask.
+in rounds so that machine noise hits every server alike: each round takes every server once, in an order
+shuffled anew (seeded, and recorded in the JSON), so that no server always follows the same one. curl's
+``size_download`` must equal the file size and
+``time_total`` gives MB/s (1 MB = 10^6 bytes). Reported: min/median/max per server and the ratio of medians
+rover_stream/nginx and rover_stream/flask (the targets' figure), and next to it the same ratio taken round
+by round (min/median/max over the rounds: two downloads a second apart share the machine's state, so the
+spread of this ratio says how far one run's ratio can be trusted). On loopback the client's copy of the
+bytes, not the server, sets the pace, and on a shared 2-core machine the spread of single downloads is
+wide (2x between runs is common), so read the ratio with its spread, and the CPU columns with it: the
+server's CPU per request and its run-queue wait are what the server costs and what the machine took away.
+Over loopback the kernel's TCP work (transmitting, and delivering into the client's socket) is done by
+whichever process makes the call that triggers it: the server's sendfile, or the client's read, whose
+acknowledgement releases data left queued in the server's socket. So a server's CPU and curl's CPU trade
+off against each other from one download to the next, and their sum is the download's total cost.
 
 Exports. The baseline is the same ``--rows`` rows serialised in this process into memory: ``csv.writer``
 over ``io.StringIO`` then ``.encode()`` for ``/csv`` (header ``id,name,value``, rows ``(i, f"item-{i}",
@@ -41,7 +52,11 @@ Everything talks only to 127.0.0.1, every request is bounded in time, and the se
 (SIGTERM, then SIGKILL of their process group after a few seconds) and the work dir removed. The table is
 printed at the end and the figures are written to ``bench/results/downloads-<timestamp>.json``.
 
-Usage: ``python bench/downloads.py [--size-mib 512] [--rows 1000000] [--repeat 3]``
+``--compare-tree DIR`` adds a fourth system, rover_stream as the checkout in DIR has it (its own
+``gunicorn.conf.py`` and ``wsgi.py``, its package first on the path), to the same download rounds: a change and
+its baseline measured side by side, under the same machine noise.
+
+Usage: ``python bench/downloads.py [--size-mib 512] [--rows 1000000] [--repeat 3] [--compare-tree DIR]``
 """
 
 from __future__ import annotations
@@ -54,6 +69,7 @@ import io
 import json
 import os
 import platform
+import random
 import re
 import resource
 import shutil
@@ -90,6 +106,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SYSTEM_ROVER = "rover_stream"
 SYSTEM_NGINX = "nginx"
 SYSTEM_FLASK = "flask send_file"
+
+ORDER_SEED = 20261203  # the download rounds' shuffled orders: the same in every run
 
 LISTENING = re.compile(rb"Listening at: http://127\.0\.0\.1:(\d+)")
 
@@ -214,10 +232,10 @@ def cpu_delta(before: dict[int, tuple[float, float]], after: dict[int, tuple[flo
     return cpu, wait
 
 
-def spawn(name: str, cmd: Sequence[str], env: dict[str, str], log_path: Path) -> Server:
+def spawn(name: str, cmd: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> Server:
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+                                start_new_session=True, cwd=cwd)
     return Server(name=name, proc=proc, log_path=log_path)
 
 
@@ -268,14 +286,22 @@ def gunicorn_extra_flags() -> list[str]:
     return ["--no-control-socket"] if "--no-control-socket" in out.stdout else []
 
 
-def start_gunicorn(name: str, chdir: Path, app: str, env_extra: dict[str, str], work: Path) -> Server:
+def start_gunicorn(name: str, chdir: Path, app: str, env_extra: dict[str, str], work: Path,
+                   tree: Path | None = None) -> Server:
+    """gunicorn with the checkout's gunicorn.conf.py; with ``tree``, another checkout's rover_stream, its
+    gunicorn.conf.py and its wsgi.py (the master imports rover_stream from its working directory, before
+    --chdir, so the tree is both the working directory and first on PYTHONPATH)."""
     env = base_env()
     # info, not warning: gunicorn logs "Listening at" at info level, and the port is read from it.
     env.update({"ROVER_LOG_LEVEL": "info", "ROVER_WORKERS": "1", **env_extra})
-    cmd = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--chdir", str(chdir),
+    conf = GUNICORN_CONF
+    if tree is not None:
+        conf = tree / "gunicorn.conf.py"
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "gunicorn", "-c", str(conf), "--chdir", str(chdir),
            "-b", f"{LOOPBACK}:0", *gunicorn_extra_flags(), app]
     slug = re.sub(r"\W+", "-", name)
-    return spawn(name, cmd, env, work / f"{slug}.log")
+    return spawn(name, cmd, env, work / f"{slug}.log", cwd=tree)
 
 
 def free_port() -> int:
@@ -554,8 +580,13 @@ def bench_downloads(servers: list[Server], size: int, repeat: int, report: Repor
     for server in servers:  # warm-up, untimed: first request, lazy imports, page cache
         curl(server, path, size)
     samples: dict[str, list[Sample]] = {s.name: [] for s in servers}
+    shuffle = random.Random(ORDER_SEED).shuffle
+    orders: list[list[str]] = []
     for run in range(repeat):
-        for server in servers:
+        order = list(servers)
+        shuffle(order)  # a fixed order would give every server the same predecessor in every round
+        orders.append([server.name for server in order])
+        for server in order:
             sample = curl(server, path, size)
             samples[server.name].append(sample)
             log(f"  download {run + 1}/{repeat} {server.name:16} {size / sample.seconds / 1e6:9.1f} MB/s "
@@ -568,6 +599,7 @@ def bench_downloads(servers: list[Server], size: int, repeat: int, report: Repor
         stats = summary([size / s.seconds / 1e6 for s in taken])
         result = results[name] = {
             "mb_per_s": stats,
+            "mb_per_s_runs": [size / s.seconds / 1e6 for s in taken],
             "seconds": [s.seconds for s in taken],
             "server_cpu_s": [s.server_cpu for s in taken],
             "server_runqueue_wait_s": [s.server_wait for s in taken],
@@ -584,15 +616,40 @@ def bench_downloads(servers: list[Server], size: int, repeat: int, report: Repor
         other = results[peer]["mb_per_s"]
         ratio = rover["median"] / other["median"]
         ok = ratio >= target
+        # Round by round: rover_stream's download against the peer's of the same round.
+        paired = [mine / theirs for mine, theirs in zip(results[SYSTEM_ROVER]["mb_per_s_runs"],
+                                                        results[peer]["mb_per_s_runs"], strict=True)]
+        per_round = summary(paired)
         ratios[f"rover_stream/{peer}"] = {
             "ratio_of_medians": ratio,
             "ratio_of_best": rover["max"] / other["max"],
+            "ratio_per_round": paired,
+            "ratio_per_round_summary": per_round,
             "target_min": target,
             "pass": ok,
         }
         report.rows.append(Row(scenario, f"rover_stream / {peer}", "", "", f"{ratio:.3f}", f">= {target:.2f}",
                                verdict(ok)))
-    report.data["downloads"] = {"size_bytes": size, "repeat": repeat, "systems": results, "ratios": ratios}
+        report.rows.append(Row(scenario, "  the same, round by round", "",
+                               f"{per_round['min']:.3f} / {per_round['max']:.3f}", f"{per_round['median']:.3f}",
+                               "(info)"))
+    for name in results:
+        if name.startswith(SYSTEM_ROVER + " @"):  # --compare-tree: the same ratios, for information
+            mine = results[name]["mb_per_s_runs"]
+            by_round = summary([a / b for a, b in zip(mine, results[SYSTEM_NGINX]["mb_per_s_runs"], strict=True)])
+            ratio = results[name]["mb_per_s"]["median"] / results[SYSTEM_NGINX]["mb_per_s"]["median"]
+            ratios[f"{name}/{SYSTEM_NGINX}"] = {"ratio_of_medians": ratio, "ratio_per_round_summary": by_round}
+            report.rows.append(Row(scenario, f"{name} / {SYSTEM_NGINX}", "", "", f"{ratio:.3f}", "(info)"))
+            report.rows.append(Row(scenario, "  the same, round by round", "",
+                                   f"{by_round['min']:.3f} / {by_round['max']:.3f}", f"{by_round['median']:.3f}",
+                                   "(info)"))
+    for name, result in results.items():
+        waited = median(result["server_runqueue_wait_s"])
+        note = contention_note(f"download: the {name} server", waited, median(result["seconds"]))
+        if note:
+            report.notes.append(note)
+    report.data["downloads"] = {"size_bytes": size, "repeat": repeat, "systems": results, "ratios": ratios,
+                                "round_orders": orders}
 
 
 def bench_exports(rover: Server, rows: int, repeat: int, report: Report, args: argparse.Namespace) -> None:
@@ -674,6 +731,10 @@ def write_upload(path: Path, size_mib: int) -> int:
     with open(path, "wb") as out:
         for _ in range(size_mib):
             out.write(block)
+        # On disk before anything is timed: otherwise the kernel writes the file back about 30 s later
+        # (vm.dirty_expire_centisecs), in the middle of the timed downloads or exports.
+        out.flush()
+        os.fsync(out.fileno())
     return size_mib * MIB
 
 
@@ -688,6 +749,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="smallest rover_stream/nginx download throughput ratio that passes (default 0.80)")
     parser.add_argument("--flask-target", type=float, default=1.00,
                         help="smallest rover_stream/flask download throughput ratio that passes (default 1.00)")
+    parser.add_argument("--compare-tree", default=None, metavar="DIR",
+                        help="also download from rover_stream as another checkout has it (e.g. `git worktree add "
+                             "DIR HEAD~1`), in the same rounds: before/after figures from one run")
     args = parser.parse_args(argv)
     if args.size_mib < 1 or args.rows < 1 or args.repeat < 1:
         parser.error("--size-mib, --rows and --repeat must be at least 1")
@@ -721,7 +785,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         flask_peer = start_gunicorn(SYSTEM_FLASK, PEERS, "flask_sendfile:app", {"BENCH_UPLOADS_DIR": str(uploads)},
                                     work)
         servers.append(flask_peer)
-        for server in (rover, flask_peer):
+        compared: list[Server] = []
+        if args.compare_tree is not None:
+            tree = Path(args.compare_tree).resolve()
+            compared.append(start_gunicorn(f"{SYSTEM_ROVER} @{tree.name}", tree, "wsgi:app",
+                                           {"ROVER_UPLOADS_DIR": str(uploads), "ROVER_DATA_DIR": str(work / "var-2")},
+                                           work, tree=tree))
+            servers.extend(compared)
+        for server in (rover, flask_peer, *compared):
             wait_for_port(server, deadline)
             wait_ready(server, "/health", deadline)
         nginx = start_nginx(work, uploads)
@@ -729,8 +800,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for server in servers:
             log(f"  {server.name:16} {server.url}  master {server.proc.pid} workers {server.worker_pids()}")
 
-        log(f"downloads: {size // MIB} MiB x {args.repeat}, round-robin")
-        bench_downloads([rover, nginx, flask_peer], size, args.repeat, report, args)
+        log(f"downloads: {size // MIB} MiB x {args.repeat}, in rounds of every server in a shuffled order")
+        bench_downloads([rover, nginx, flask_peer, *compared], size, args.repeat, report, args)
         log(f"exports: {args.rows:,} rows x {args.repeat}")
         bench_exports(rover, args.rows, args.repeat, report, args)
         for server in servers:

@@ -251,7 +251,7 @@ def test_errors_are_json(client: Any) -> None:
 
 def test_health(client: Any) -> None:
     body = client.get("/health").json
-    assert body["status"] == "ok" and body["open_streams"] == 0 and body["max_streams"] == 900
+    assert body["status"] == "healthy" and body["open_streams"] == 0 and body["max_streams"] == 900
 
 
 def test_a_view_that_fails_after_creating_a_stream_leaks_nothing(app: Flask, client: Any) -> None:
