@@ -24,6 +24,7 @@ ROUTES: dict[str, tuple[str, str, Any, str]] = {
     "guide.analytics_stream": ("GET", "/analytics-stream", None, "open"),
     "rover_stream.api.broadcast": ("POST", "/api/broadcast", {"channel": "news", "data": 1}, "publish:news"),
     "rover_stream.rooms.room_info": ("GET", "/api/rooms/private-ops", None, "subscribe:private-ops"),
+    "rover_stream.api.channel_info": ("GET", "/api/channels/news", None, "subscribe:news"),
     "guide.rover_telemetry_recent": ("GET", "/api/rover/telemetry?last=2", None, "open"),
     "guide.send_broadcast": ("POST", "/broadcast", {"message": "hi"}, "publish:broadcast"),
     "guide.broadcast_stream": ("GET", "/broadcast-stream", None, "open"),

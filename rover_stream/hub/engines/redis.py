@@ -70,7 +70,7 @@ READ_COUNT = 1000
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 1.0
 #: Seconds between refreshes of this worker's subscriber counts; a count lives three times as long.
 COUNT_REFRESH = 5.0
-#: Seconds the counts wait after a change for the changes that follow it (one write for a burst).
+#: Seconds between two writes of the counts after changes (the first change is written at once).
 COUNT_GATHER = 0.2
 #: Redis connections per worker for publishing and history (the reader has its own).
 POOL_SIZE = 8
@@ -602,8 +602,7 @@ class RedisEngine:
         import redis
 
         while True:
-            if self._counts_dirty.wait(COUNT_REFRESH):
-                time.sleep(COUNT_GATHER)  # a burst of connections or departures: one write for all of them
+            self._counts_dirty.wait(COUNT_REFRESH)
             self._counts_dirty.clear()
             expires = int((time.time() + 3 * COUNT_REFRESH) * 1000)
             local = dict(self._local)
@@ -618,6 +617,9 @@ class RedisEngine:
                         pipe.hdel(self._counts_key(channel), self.worker_id)
                     pipe.execute()
                 self._synced = set(local)
+                # A change is written at once; the changes that follow within COUNT_GATHER (a burst of
+                # connections or departures) wait for it and go in one write.
+                time.sleep(COUNT_GATHER)
             except redis.RedisError as exc:
                 if not isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
                     log.error("Redis refused the subscriber counts: %s", exc)
