@@ -66,6 +66,13 @@ log = logging.getLogger("rover_stream.redis")
 READ_BLOCK_MS = 5000
 #: Entries one XREAD returns at most per stream.
 READ_COUNT = 1000
+#: Coalescing. Every batch the reader hands to the hub costs one socket write per local subscriber, however
+#: many events it holds: during a burst, small batches (a read returns what the few publishers in flight
+#: added since the last one) make the writes, not the events, the cost. So after a read of several entries
+#: the reader waits READ_COALESCE_PER_ENTRY seconds per entry read, at most READ_COALESCE, before its next
+#: XREAD: the batches grow with the burst. A read of one entry (steady traffic) is followed by no wait.
+READ_COALESCE = 0.010
+READ_COALESCE_PER_ENTRY = 0.001
 #: Reconnection backoff, in seconds: first wait and ceiling (a publish that gets through ends the wait).
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 1.0
 #: Seconds between refreshes of this worker's subscriber counts; a count lives three times as long.
@@ -288,6 +295,7 @@ class RedisEngine:
         self._reader_redis: Any = redis.Redis.from_url(
             self.url, socket_timeout=READ_BLOCK_MS / 1000 + self.timeout, socket_connect_timeout=self.timeout,
             health_check_interval=30)
+        self._reader_conn: Any = None  # the reader's connection, made from _reader_redis's pool (see _xread)
         self._control = f"{self.prefix}ctl:{self.worker_id}"
         self._reader = spawn(self._read_forever, name="rover-stream-redis-reader")
 
@@ -353,9 +361,8 @@ class RedisEngine:
         refresh = self._refreshed.get(channel, 0.0) + REFRESH_EVERY <= now
         keep = max(self.size_for(channel), READER_FLOOR)
         try:
-            answer = self._publish_script(
-                keys=self._publish_keys(channel),
-                args=[keep, self._ttl(), "1" if refresh else "0", body, data_json, event or ""])
+            answer = self._run_publish_script(
+                self._publish_keys(channel), [keep, self._ttl(), "1" if refresh else "0", body, data_json, event or ""])
         except self._outages() as exc:
             raise self._unavailable(exc) from None
         except redis.ResponseError as exc:
@@ -369,6 +376,26 @@ class RedisEngine:
             self._subscribers[channel] = _sum_counts(dict(zip(flat[::2], flat[1::2], strict=True)))
         message = self._message(channel, answer[0], body, data_json.encode(), (event or "").encode(), answer[1])
         return message, self._subscribers.get(channel, 0)
+
+    def _run_publish_script(self, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA of the publishing script on a connection of the pool, sent and read directly: redis-py's
+        command layers (``Script``, retry wrapper, response callbacks, metrics recorders) cost tens of µs per
+        publish. When Redis does not know the script (restarted, flushed), ``Script`` loads and runs it."""
+        import redis
+
+        pool = self._redis.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_command("EVALSHA", self._publish_script.sha, len(keys), *keys, *args)
+            return conn.read_response()
+        except redis.exceptions.NoScriptError:
+            pass
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            conn.disconnect()  # a reply may be half read: never hand this socket out again as it is
+            raise
+        finally:
+            pool.release(conn)
+        return self._publish_script(keys=keys, args=args)
 
     def _message(self, channel: str, stream_id: bytes | str, body: bytes, data: bytes, event: bytes,
                  stored_ms: bytes | None) -> Message:
@@ -478,8 +505,9 @@ class RedisEngine:
             for channel, position in self._positions.items():
                 streams[self._key(channel)] = format_id(position)
             try:
-                result: Any = self._reader_redis.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS)
+                result = self._xread(streams)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self._drop_reader_connection()
                 if self._reader_up or self.last_error is None:
                     log.warning("Redis reader lost its connection (%s); retrying", exc)
                 self._reader_up = self.connected = False
@@ -501,13 +529,44 @@ class RedisEngine:
                 self._retry_now.clear()  # a publish may have set it while this read blocked: not for the next outage
             self._reader_up = self.connected = True
             backoff = BACKOFF_FIRST
+            read = 0
             for name, entries in result or ():
                 name = name.decode() if isinstance(name, bytes) else name
                 if name == self._control:
                     control_position = entries[-1][0]
                     continue
                 channel = name[len(self.prefix) + 3:]
+                read += len(entries)
                 self._deliver_entries(channel, entries)
+            if read > 1:  # a burst: let more entries gather before the next read (see READ_COALESCE)
+                time.sleep(min(READ_COALESCE, read * READ_COALESCE_PER_ENTRY))
+
+    def _xread(self, streams: dict[Any, Any]) -> list[tuple[Any, list[tuple[Any, dict[bytes, bytes]]]]]:
+        """XREAD of ``streams`` (key -> last id read) on the reader's own connection, kept for as long as it
+        works (no pool checkout per read), its reply taken as Redis sent it (no response callback):
+        ``[(key, [(id, fields), ...]), ...]``."""
+        conn = self._reader_conn
+        if conn is None:
+            conn = self._reader_conn = self._reader_redis.connection_pool.make_connection()
+            conn.connect()
+        keys = list(streams)
+        conn.send_command("XREAD", "COUNT", READ_COUNT, "BLOCK", READ_BLOCK_MS, "STREAMS", *keys,
+                          *(streams[key] for key in keys))
+        reply = conn.read_response()
+        if not reply:
+            return []
+        # RESP3 answers a map (key -> entries), RESP2 a list of [key, entries]
+        pairs = reply.items() if isinstance(reply, dict) else reply
+        return [(key, [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True))) for entry_id, flat in entries])
+                for key, entries in pairs]
+
+    def _drop_reader_connection(self) -> None:
+        conn, self._reader_conn = self._reader_conn, None
+        if conn is not None:
+            try:
+                conn.disconnect()
+            except Exception:  # noqa: BLE001 (it is gone either way)
+                pass
 
     def _deliver_entries(self, channel: str, entries: list[Any]) -> None:
         """Hand what the reader read to the hub, in order; a gap in the numbers ends the channel's local

@@ -102,6 +102,9 @@ class RedisClusterEngine(RedisEngine):
     def _publish_keys(self, channel: str) -> list[str]:
         return [*super()._publish_keys(channel), self._wake_channel(channel)]
 
+    def _run_publish_script(self, keys: list[str], args: list[Any]) -> Any:
+        return self._publish_script(keys=keys, args=args)  # redis-py routes it to the channel's node
+
     def _channel_of(self, wake_channel: str) -> str:
         return wake_channel[len(self.prefix) + 6:-1]
 
