@@ -45,8 +45,12 @@ def test_three_workers_deliver_every_event_in_order(live_server: Any, redis_serv
     probe = Publisher(server.port)
     assert wait_for(lambda: probe("spread-count", 0)["subscribers"] == 0, timeout=1)
     probe.close()
-    counts = redis_server.command("HGETALL", "rover:subs:spread").split(b"\r\n")[2::2][1::2]
-    assert sum(int(v.split(b":")[0]) for v in counts) == len(readers)
+
+    def counted() -> int:  # every worker's count, as written to Redis (at once, then at most every 0.2 s)
+        counts = redis_server.command("HGETALL", "rover:subs:spread").split(b"\r\n")[2::2][1::2]
+        return sum(int(v.split(b":")[0]) for v in counts)
+
+    assert wait_for(lambda: counted() == len(readers), timeout=3), (counted(), len(readers))
     # Publish through several connections, so that publishes land on different workers too.
     ids: list[str] = []
     for batch in range(5):
