@@ -33,34 +33,36 @@ def test_three_workers_deliver_every_event_in_order(live_server: Any, redis_serv
     # Connect until the subscribers really are spread over the workers (each worker registers its
     # subscriber count in Redis; which worker accepts a connection is up to the kernel).
     readers: list[Any] = []
+    try:
+        def workers_with_subscribers() -> int:
+            return len(json_fields(redis_server.command("HGETALL", "rover:subs:spread")))
 
-    def workers_with_subscribers() -> int:
-        return len(json_fields(redis_server.command("HGETALL", "rover:subs:spread")))
+        while len(readers) < 30 or (workers_with_subscribers() < 3 and len(readers) < 150):
+            readers.append(subscribe(server.port, "spread"))
+            time.sleep(0.02)
+        assert wait_for(lambda: workers_with_subscribers() >= 2, timeout=5), "all subscribers on one worker"
+        # A publish answers how many subscribers it reached, over all workers.
+        probe = Publisher(server.port)
+        assert wait_for(lambda: probe("spread-count", 0)["subscribers"] == 0, timeout=1)
+        probe.close()
 
-    while len(readers) < 30 or (workers_with_subscribers() < 3 and len(readers) < 150):
-        readers.append(subscribe(server.port, "spread"))
-        time.sleep(0.02)
-    assert wait_for(lambda: workers_with_subscribers() >= 2, timeout=5), "all subscribers on one worker"
-    # A publish answers how many subscribers it reached, over all workers.
-    probe = Publisher(server.port)
-    assert wait_for(lambda: probe("spread-count", 0)["subscribers"] == 0, timeout=1)
-    probe.close()
+        def counted() -> int:  # every worker's count, as written to Redis (at once, then at most every 0.2 s)
+            counts = redis_server.command("HGETALL", "rover:subs:spread").split(b"\r\n")[2::2][1::2]
+            return sum(int(v.split(b":")[0]) for v in counts)
 
-    def counted() -> int:  # every worker's count, as written to Redis (at once, then at most every 0.2 s)
-        counts = redis_server.command("HGETALL", "rover:subs:spread").split(b"\r\n")[2::2][1::2]
-        return sum(int(v.split(b":")[0]) for v in counts)
-
-    assert wait_for(lambda: counted() == len(readers), timeout=3), (counted(), len(readers))
-    # Publish through several connections, so that publishes land on different workers too.
-    ids: list[str] = []
-    for batch in range(5):
-        ids += published_ids(server.port, "spread", 20, start=batch * 20)
-    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
-    for reader in readers:
-        events = reader.events(100, timeout=10)
-        assert [e.last_event_id for e in events] == ids
-        assert [json.loads(e.data)["n"] for e in events] == list(range(100))
-        reader.response.close()
+        assert wait_for(lambda: counted() == len(readers), timeout=3), (counted(), len(readers))
+        # Publish through several connections, so that publishes land on different workers too.
+        ids: list[str] = []
+        for batch in range(5):
+            ids += published_ids(server.port, "spread", 20, start=batch * 20)
+        assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+        for reader in readers:
+            events = reader.events(100, timeout=10)
+            assert [e.last_event_id for e in events] == ids
+            assert [json.loads(e.data)["n"] for e in events] == list(range(100))
+    finally:  # a failure must not leave 30 sockets for the next test's garbage collector to warn about
+        for reader in readers:
+            reader.response.close()
 
 
 def json_fields(raw: bytes) -> list[bytes]:
