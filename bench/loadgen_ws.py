@@ -125,8 +125,10 @@ class Loadgen:
                 path = "/socket.io/?EIO=4&transport=websocket"
             else:
                 path = self.args.path.format(room=m.room, user=m.user)
+            # rover_stream's rooms speak JSON to clients that ask for it (plain text to wscat); peers ignore it
+            protocol = "" if self.args.socketio else "Sec-WebSocket-Protocol: rover.json\r\n"
             m.wbuf += (f"GET {path} HTTP/1.1\r\nHost: {self.args.host}:{self.args.port}\r\nUpgrade: websocket\r\n"
-                       f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                       f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n"
                        ).encode()
             self.pending += 1
             self.sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, m)
