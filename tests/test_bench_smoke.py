@@ -37,6 +37,7 @@ def test_rooms_and_churn_benchmarks_run_with_tiny_numbers() -> None:
                                "rover_stream"], cwd=ROOT, capture_output=True, text=True, timeout=280)
         assert "rover_stream against its peers" in done.stdout, done.stderr[-3000:]
         assert "failed:" not in done.stderr, done.stderr[-3000:]
+        assert "Error" not in done.stdout, done.stdout[-3000:]  # a measurement that failed is a row saying why
 
 
 @pytest.mark.timeout(300)
