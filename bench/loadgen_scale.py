@@ -36,7 +36,6 @@ import errno
 import json
 import os
 import re
-import resource
 import select
 import socket
 import struct
@@ -46,22 +45,15 @@ from collections import deque
 from time import monotonic
 from typing import Any
 
+import loadgen_subscribers  # beside this script: run as bench/loadgen_scale.py
+from loadgen_subscribers import BODY, CLOSED, CONNECTING, HEADERS, raise_nofile
+
 BROADCAST = re.compile(rb"@b(\d+)@t(\d+\.\d+)@")
 HEARTBEAT = b": ping"
 RECV_SIZE = 32 * 1024  # well below malloc's mmap threshold (see bench/README.md)
 MAX_TAIL = 1 << 20
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, no TIME_WAIT
-
-CONNECTING, HEADERS, BODY, CLOSED = range(4)
-
-
-def raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 class Sub:
@@ -84,38 +76,8 @@ class Sub:
         self.heartbeats = 0
         self.hold_heartbeats = 0
 
-    def dechunk(self, data: bytes) -> tuple[bytes, bool]:
-        """The payload of ``data`` in chunked transfer coding (only used if the server did not park the
-        stream), and whether the last chunk was seen."""
-        buf = self.cbuf + data if self.cbuf else data
-        out: list[bytes] = []
-        pos, end, remaining, finished = 0, len(buf), self.remaining, False
-        while pos < end:
-            if remaining > 0:
-                take = min(remaining, end - pos)
-                out.append(buf[pos:pos + take])
-                pos += take
-                remaining -= take
-                if remaining == 0:
-                    remaining = -2
-            elif remaining == -2:
-                if end - pos < 2:
-                    break
-                pos += 2
-                remaining = 0
-            else:
-                eol = buf.find(b"\r\n", pos)
-                if eol < 0:
-                    break
-                size = int(buf[pos:eol].split(b";", 1)[0], 16)
-                pos = eol + 2
-                if size == 0:
-                    finished = True
-                    break
-                remaining = size
-        self.remaining = remaining
-        self.cbuf = buf[pos:] if pos < end else b""
-        return b"".join(out), finished
+    # Read only if the server did not park the stream: the same decoding as the fan-out load generator's.
+    dechunk: Any = loadgen_subscribers.Sub.dechunk
 
 
 class LoadGen:

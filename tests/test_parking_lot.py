@@ -29,7 +29,6 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from rover_stream.transport.parked import PROBE_WRITES
 from rover_stream.wire.sse import HEARTBEAT, encode
