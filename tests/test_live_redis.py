@@ -214,3 +214,47 @@ def test_redis_unreachable_at_subscribe_is_503(live_server: Any, redis_server: A
     assert json.loads(response.body())["error"] == "redis_unavailable"
     response.close()
     SSEReader  # noqa: B018  (imported for the helpers' types)
+
+
+def test_concurrent_publishes_share_round_trips_and_keep_every_event(live_server: Any, redis_server: Any) -> None:
+    """Eight clients publishing at once on one worker (their publishes go to Redis in shared pipelines),
+    and Redis forgetting the publishing script halfway (SCRIPT FLUSH, as a restart does): every publish is
+    answered with its own id, and a subscriber gets every event once, in the order of those ids."""
+    server = live_server(env=redis_env(redis_server, ROVER_WORKERS="1"))
+    reader = subscribe(server.port, "piped")
+    answers: dict[int, list[str]] = {}
+    flushed = threading.Event()
+
+    def publish_many(client: int) -> None:
+        publish = Publisher(server.port)
+        try:
+            answers[client] = []
+            for n in range(50):
+                if client == 0 and n == 25:
+                    assert redis_server.command("SCRIPT", "FLUSH").startswith(b"+OK")
+                    flushed.set()
+                answers[client].append(publish("piped", {"client": client, "n": n})["id"])
+        finally:
+            publish.close()
+
+    try:
+        threads = [threading.Thread(target=publish_many, args=(c,)) for c in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert flushed.is_set() and sorted(answers) == list(range(8))
+        ids = [i for client in answers.values() for i in client]
+        assert len(set(ids)) == 400
+        for client in answers.values():  # each client's own publishes are numbered in its order
+            assert client == sorted(client, key=lambda i: tuple(map(int, i.split("-"))))
+        events = reader.events(400, timeout=15)
+        got = [e.last_event_id for e in events]
+        assert got == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+        per_client: dict[int, list[int]] = {}
+        for event in events:
+            data = json.loads(event.data)
+            per_client.setdefault(data["client"], []).append(data["n"])
+        assert per_client == {c: list(range(50)) for c in range(8)}
+    finally:
+        reader.response.close()

@@ -224,6 +224,28 @@ return 0
 """
 
 
+class _Publish:
+    """One publish waiting for its turn in a pipeline (see :meth:`RedisEngine._run_publish_script`)."""
+
+    __slots__ = ("keys", "args", "answer", "error", "done", "lead")
+
+    def __init__(self, keys: list[str], args: list[Any]) -> None:
+        self.keys, self.args = keys, args
+        self.answer: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.lead = False
+
+    def finish(self, *, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.answer
+
+
 class RedisEngine:
     name = "redis"
     remote: Literal[True] = True
@@ -272,6 +294,9 @@ class RedisEngine:
         self._reader_up = False
         self._retry_now = threading.Event()  # ends the reader's backoff early: Redis answered a publish
         self._publish_script: Any = self._redis.register_script(self.publish_script)
+        self._batch: list[_Publish] = []  # publishes waiting for the next round trip (_run_publish_script)
+        self._batch_lock = threading.Lock()
+        self._batch_busy = False  # a publish is leading: sending a batch, or about to
         self._head_script: Any = self._redis.register_script(HEAD_SCRIPT)
         self._after_script: Any = self._redis.register_script(AFTER_SCRIPT)
         self._info_script: Any = self._redis.register_script(INFO_SCRIPT)
@@ -378,24 +403,71 @@ class RedisEngine:
         return message, self._subscribers.get(channel, 0)
 
     def _run_publish_script(self, keys: list[str], args: list[Any]) -> Any:
-        """EVALSHA of the publishing script on a connection of the pool, sent and read directly: redis-py's
-        command layers (``Script``, retry wrapper, response callbacks, metrics recorders) cost tens of µs per
-        publish. When Redis does not know the script (restarted, flushed), ``Script`` loads and runs it."""
+        """EVALSHA of the publishing script. Publishes that arrive while another is waiting for its answer
+        share the next round trip: the first of them sends them all as one pipeline, hands each its answer,
+        and the first to arrive after that leads the next. A worker with several publishing clients pays
+        one round trip per batch, not per event; a publish that finds none in flight goes at once; no
+        publish waits for more than the round trip before its own; their order is the order they arrived."""
+        item = _Publish(keys, args)
+        with self._batch_lock:
+            self._batch.append(item)
+            follow, self._batch_busy = self._batch_busy, True
+        if follow:
+            item.done.wait()
+            if not item.lead:
+                return item.result()
+        with self._batch_lock:
+            batch, self._batch = self._batch, []
+        try:
+            self._send_batch(batch)
+        finally:
+            for other in batch:
+                if not other.done.is_set():  # the leader was interrupted (a timeout, a kill): not sent
+                    other.finish(error=ServiceUnavailable("The publish was interrupted before it was sent.",
+                                                          code="redis_unavailable"))
+            with self._batch_lock:
+                if self._batch:
+                    self._batch[0].lead = True
+                    self._batch[0].done.set()
+                else:
+                    self._batch_busy = False
+        return item.result()
+
+    def _send_batch(self, batch: list[_Publish]) -> None:
+        """Send ``batch`` as one pipeline on a pooled connection, read every answer, hand each its own."""
         import redis
 
-        pool = self._redis.connection_pool
-        conn = pool.get_connection()
+        sha = self._publish_script.sha
         try:
-            conn.send_command("EVALSHA", self._publish_script.sha, len(keys), *keys, *args)
-            return conn.read_response()
-        except redis.exceptions.NoScriptError:
-            pass
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            pool = self._redis.connection_pool
+            conn = pool.get_connection()
+        except Exception as exc:
+            for item in batch:
+                item.finish(error=exc)
+            return
+        try:
+            conn.send_packed_command(conn.pack_commands(
+                [("EVALSHA", sha, len(item.keys), *item.keys, *item.args) for item in batch]))
+            for item in batch:
+                try:
+                    item.answer = conn.read_response()
+                except redis.ResponseError as exc:
+                    item.error = exc
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             conn.disconnect()  # a reply may be half read: never hand this socket out again as it is
-            raise
+            for item in batch:
+                if item.answer is None and item.error is None:
+                    item.error = exc
         finally:
             pool.release(conn)
-        return self._publish_script(keys=keys, args=args)
+        for item in batch:
+            if isinstance(item.error, redis.exceptions.NoScriptError):
+                # Redis does not know the script (restarted, flushed): ``Script`` loads and runs it.
+                try:
+                    item.answer, item.error = self._publish_script(keys=item.keys, args=item.args), None
+                except Exception as exc:
+                    item.error = exc
+            item.done.set()
 
     def _message(self, channel: str, stream_id: bytes | str, body: bytes, data: bytes, event: bytes,
                  stored_ms: bytes | None) -> Message:
