@@ -28,7 +28,7 @@ cap, shutdown), ``body`` (request bodies), ``settings``, ``extension`` (:class:`
 __version__ = "0.1.0.dev0"
 
 from .app import create_app
-from .auth import mint_token, require, require_admin
+from .auth import Keys, mint_token, require, require_admin
 from .body import json_body, read_body
 from .concurrency import run_blocking
 from .errors import ApiError, ConfigError, EncodeError, RoverStreamError, ServiceUnavailable, StreamAborted
@@ -37,7 +37,7 @@ from .hub import Hub, Message, Subscription
 from .limits import check_publish_rate
 from .metrics import METRICS_CHANNEL, StreamingStats, streaming_stats
 from .producers import add_producer
-from .runtime import get_hub, get_runtime, publish
+from .runtime import get_hub, get_runtime, publish, token_keys
 from .transport.event_stream import last_event_id, last_event_number, sse_response
 from .transport.files import send_file, send_from_directory
 from .transport.pipe import FeedEnded, PipeClosed
@@ -46,10 +46,10 @@ from .wire.sse import Event, encode
 from .wire.tabular import FLUSH
 
 __all__ = [
-    "ApiError", "ConfigError", "EncodeError", "Event", "FLUSH", "FeedEnded", "Hub", "METRICS_CHANNEL", "Message",
-    "PipeClosed", "RoverStream", "RoverStreamError", "ServiceUnavailable", "StreamAborted", "StreamingResponse",
-    "StreamingStats", "StreamingWriter", "Subscription", "add_producer", "check_publish_rate", "create_app",
-    "csv_response", "encode", "get_hub", "get_runtime", "json_body", "last_event_id", "last_event_number",
-    "mint_token", "ndjson_response", "publish", "read_body", "require", "require_admin", "run_blocking", "send_file",
-    "send_from_directory", "sse_response", "streaming_stats",
+    "ApiError", "ConfigError", "EncodeError", "Event", "FLUSH", "FeedEnded", "Hub", "Keys", "METRICS_CHANNEL",
+    "Message", "PipeClosed", "RoverStream", "RoverStreamError", "ServiceUnavailable", "StreamAborted",
+    "StreamingResponse", "StreamingStats", "StreamingWriter", "Subscription", "add_producer", "check_publish_rate",
+    "create_app", "csv_response", "encode", "get_hub", "get_runtime", "json_body", "last_event_id",
+    "last_event_number", "mint_token", "ndjson_response", "publish", "read_body", "require", "require_admin",
+    "run_blocking", "send_file", "send_from_directory", "sse_response", "streaming_stats", "token_keys",
 ]

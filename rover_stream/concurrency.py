@@ -62,6 +62,37 @@ def spawn(target: Callable[[], Any], name: str = "rover-stream-producer") -> Tas
     return Task(target, name)
 
 
+class Timer:
+    """A call scheduled by :func:`call_later`; :meth:`cancel` it when it is no longer wanted."""
+
+    def __init__(self, delay: float, function: Callable[[], Any]) -> None:
+        self._watcher: Any = None
+        self._thread: threading.Timer | None = None
+        if gevent_active():
+            import gevent
+
+            # A loop timer, not a greenlet per call: thousands of them cost little while they wait. The
+            # callback runs in the event loop, where nothing may block: it starts a greenlet.
+            self._watcher = gevent.get_hub().loop.timer(max(0.0, delay))
+            self._watcher.start(gevent.spawn, function)
+        else:
+            self._thread = threading.Timer(max(0.0, delay), function)
+            self._thread.daemon = True
+            self._thread.start()
+
+    def cancel(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+        elif self._thread is not None:
+            self._thread.cancel()
+
+
+def call_later(delay: float, function: Callable[[], Any]) -> Timer:
+    """Call ``function`` in ``delay`` seconds, in a greenlet of its own (a thread outside gevent)."""
+    return Timer(delay, function)
+
+
 def cooperate() -> None:
     """Under gevent, let the greenlets that are ready run before going on (nothing elsewhere).
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 
-from .auth import presented_claims, require, require_token
+from .auth import Keys, expiry_of, presented_claims, require, require_token
 from .body import json_body
 from .errors import ApiError, EncodeError
 from .hub import validate_channel
@@ -40,8 +40,8 @@ BROADCAST_FIELDS = frozenset(("channel", "event", "data"))
 SEED_FIELDS = frozenset(("message", "timestamp"))
 
 
-def _secret() -> str | None:
-    return current_app.config["ROVER_SECRET_KEY"]  # type: ignore[no-any-return]
+def _secret() -> Keys:
+    return get_runtime().keys
 
 
 @api.get("/realtime/<channel>")
@@ -58,9 +58,19 @@ def realtime(channel: str | None = None) -> Any:
                            code="invalid_channel")
     for name in names:
         validate_channel(name)
-    require(_secret(), "subscribe", guarded_names(names))
+    claims = require(_secret(), "subscribe", guarded_names(names))
     hub = get_runtime().hub
-    return sse_response(hub.subscribe(names, last_event_id=last_event_id()))
+    subscription = hub.subscribe(names, last_event_id=last_event_id())
+    expires = expiry_of(claims)
+    if expires is not None:  # let in by a token: it ends when the token does, and the client gets a new one
+        hub.end_at(subscription, expires, "token_expired", token_expired_event(expires))
+    return sse_response(subscription)
+
+
+def token_expired_event(expired_at: float) -> bytes:
+    """The last event of a stream whose token expired: EventSource clients reconnect with a new token (the
+    old one is refused with 401 ``token_expired``)."""
+    return encode(event="token-expired", data={"reason": "token-expired", "expired_at": int(expired_at)})
 
 
 @api.post("/api/broadcast")

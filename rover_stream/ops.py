@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
-from .auth import require, require_admin
+from .auth import Keys, require, require_admin
 from .metrics import METRICS_CHANNEL, exposition, streaming_stats
 from .runtime import get_runtime
 from .transport.event_stream import last_event_id, sse_response
@@ -21,8 +21,8 @@ from .transport.event_stream import last_event_id, sse_response
 ops = Blueprint("ops", __name__)
 
 
-def _secret() -> str | None:
-    return current_app.config["ROVER_SECRET_KEY"]  # type: ignore[no-any-return]
+def _secret() -> Keys:
+    return get_runtime().keys
 
 
 @ops.get("/health")

@@ -31,7 +31,8 @@ publishes the messages: a member in a room costs no greenlet of its own (an idle
 and its protocol state: a few KB).
 
 Close codes: 1000 normal, 1001 server shutting down, 1008 policy (message rate, idle timeout, bad frame),
-1009 message too big, 1013 too slow (queue full) or room full.
+1009 message too big, 1013 too slow (queue full) or room full, 4401 the access token that let the member in
+(or named it) expired: an ``error`` frame ``token_expired`` comes first; reconnect with a new token.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import gevent
 from flask import Blueprint, Flask, current_app, jsonify, request
 from flask_sock import Sock
 
-from .auth import presented_claims, require
+from .auth import expiry_of, presented_claims, require
 from .errors import ApiError
 from .hub import Subscription, validate_channel
 from .hub.names import guarded_names, room_channel
@@ -120,9 +121,13 @@ class Member:
         self.feed.preamble.append(frame)
         self.feed.wake()
 
-    def send_frame(self, obj: dict[str, Any]) -> None:
+    def frame(self, obj: dict[str, Any]) -> bytes:
+        """``obj`` as this member's kind of text frame: JSON, or a line of plain text."""
         text = plain_text(obj) if self.plain else json.dumps(obj, separators=(",", ":"))
-        self._queue(text_frame(text.encode()))
+        return text_frame(text.encode())
+
+    def send_frame(self, obj: dict[str, Any]) -> None:
+        self._queue(self.frame(obj))
 
     def send_raw(self, data: bytes) -> None:
         """Frames from simple-websocket (pongs, a close), several at once when the client's bytes held
@@ -304,6 +309,11 @@ def comms(ws: Any, team_channel: str) -> None:
         code = CLOSE_GOING_AWAY if runtime.shutting_down else CLOSE_TRY_LATER
         ws.close(reason=code, message=exc.message.encode()[:120].decode(errors="ignore"))
         return
+    expires = request.environ.get("rover_stream.room_token_expires")
+    if expires is not None:  # the token that let the member in (or named it) ends it when it expires
+        hub.end_at(member.feed, expires, "token_expired", member.frame(
+            {"type": "error", "error": "token_expired",
+             "message": "Your access token expired: reconnect with a new one."}))
     lot = parking_lot(runtime)
     parked = ParkedWebSocket(lot, member, sock)
     lot.add(parked)
@@ -330,10 +340,12 @@ def _check_websocket_request() -> Any:
     if not _origin_allowed(request.headers.get("Origin"), settings["WS_ALLOWED_ORIGINS"]):
         raise ApiError(f"Origin {request.headers.get('Origin')!r} may not open this WebSocket.", status=403,
                        code="origin_not_allowed")
-    claims = require(settings["SECRET_KEY"], "subscribe", guarded_names([room_channel(room)]))
+    keys = get_runtime().keys
+    claims = require(keys, "subscribe", guarded_names([room_channel(room)]))
     if claims is None:
-        claims = presented_claims(settings["SECRET_KEY"])
+        claims = presented_claims(keys)
     request.environ["rover_stream.room_user"] = _user_name(claims)
+    request.environ["rover_stream.room_token_expires"] = expiry_of(claims)
     if "gunicorn.socket" not in request.environ:
         raise ApiError("WebSocket rooms need the gunicorn server (rover-stream serve).", status=501,
                        code="websocket_unsupported")
@@ -355,7 +367,7 @@ def _check_websocket_request() -> Any:
 def room_info(room: str) -> Any:
     validate_channel(room)
     # Who is in a private room is as private as what is said there.
-    require(get_runtime().settings["SECRET_KEY"], "subscribe", guarded_names([room_channel(room)]))
+    require(get_runtime().keys, "subscribe", guarded_names([room_channel(room)]))
     presence: Presence = current_app.extensions["rover_stream_presence"]
     members = presence.members(room)
     return jsonify(room=room, members=members, count=len(members))

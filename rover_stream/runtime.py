@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from flask import Flask, current_app
 
 from . import signals
+from .auth import Keys
 from .errors import ServiceUnavailable
 from .hub import Hub
 from .logs import stream_context
@@ -104,6 +105,8 @@ class StreamRuntime:
         self.settings = settings
         self.hub = hub
         self.max_streams = settings.max_streams
+        #: What access tokens are checked with (false when the server is open).
+        self.keys = Keys.from_settings(settings)
         self.shutting_down = False
         self._open: set[Stream] = set()
         self.started_at = time.time()
@@ -227,6 +230,12 @@ def get_runtime(app: Flask | None = None) -> StreamRuntime:
             "rover_stream is not set up on this app: create it with rover_stream.create_app(), or add "
             "rover_stream.RoverStream(app)."
         ) from None
+
+
+def token_keys(app: Flask | None = None) -> Keys:
+    """What the app checks access tokens with (false when it runs open): pass it to
+    :func:`rover_stream.require` and :func:`rover_stream.require_admin` in views of your own."""
+    return get_runtime(app).keys
 
 
 def get_hub(app: Flask | None = None) -> Hub:

@@ -13,6 +13,7 @@ keeps it current).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -167,6 +168,32 @@ def user_data_dir(environ: Mapping[str, str] | None = None) -> Path:
         return Path.home() / ".local" / "share" / "rover-stream"
     except RuntimeError:  # no home directory (a bare container user): the working directory
         return Path.cwd() / "rover-stream-data"
+
+
+def _readable_file(kind: str, check: Callable[[str], bool]) -> Callable[[Any], str]:
+    """A path to a readable file whose text passes ``check`` (a quick look: the keys in it are parsed
+    where tokens are checked)."""
+
+    def parse(raw: Any) -> str:
+        path = Path(_text(raw)).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            raise ValueError from None
+        if not check(text):
+            raise ValueError
+        return str(path.absolute())
+
+    parse.__name__ = kind
+    return parse
+
+
+def _looks_like_jwks(text: str) -> bool:
+    try:
+        keys = json.loads(text).get("keys")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(keys, list) and bool(keys)
 
 
 def _secret(raw: Any) -> str:
@@ -345,6 +372,20 @@ SETTINGS: tuple[Setting, ...] = (
             "Secret that signs access tokens (JWT, HS256). With it, publishing and private- channels need a "
             "token. Without it the server runs open, and only on a loopback address.",
             "a string of at least 32 characters, or empty", sensitive=True),
+    Setting("JWT_PUBLIC_KEY", _optional(_readable_file("public key", lambda t: "-----BEGIN PUBLIC KEY-----" in t)),
+            None,
+            "Path to a PEM public key (RSA or EC) that checks access tokens signed by another service with its "
+            "private key (RS256, ES256 and the like), beside or instead of SECRET_KEY: the auth service keeps "
+            "the signing key. Like SECRET_KEY, it turns token checks on.",
+            "the path of a readable PEM file holding a PUBLIC KEY, or empty"),
+    Setting("JWKS_FILE", _optional(_readable_file("JWKS file", _looks_like_jwks)), None,
+            "Path to a JWKS file (JSON {\"keys\": [...]}) of public keys that check access tokens: a token's "
+            "'kid' header picks its key. The file is read again when it changes (key rotation without a "
+            "restart). Like SECRET_KEY, it turns token checks on.",
+            "the path of a readable JSON file with a non-empty 'keys' list, or empty"),
+    Setting("JWT_AUDIENCE", _optional(_text), None,
+            "When set, an access token must name this audience in its 'aud' claim; when empty, tokens are "
+            "accepted whatever their audience.", "a string, or empty"),
     Setting("REDIS_URL", _optional(_redis_url), None,
             "Redis to share the hub across workers and hosts (redis://[:password@]host:port/db), or a Redis "
             "Cluster (redis+cluster://[:password@]host:port,host:port,...: the nodes to start from). Empty: the "
@@ -417,6 +458,11 @@ class Settings(Mapping[str, Any]):
     def __repr__(self) -> str:
         shown = {k: "(hidden)" if BY_NAME[k].sensitive and v else v for k, v in self._values.items()}
         return f"Settings({shown!r})"
+
+    @property
+    def checks_tokens(self) -> bool:
+        """True when access tokens are checked: a secret, a public key or a JWKS file is set."""
+        return bool(self._values["SECRET_KEY"] or self._values["JWT_PUBLIC_KEY"] or self._values["JWKS_FILE"])
 
     @property
     def max_streams(self) -> int:

@@ -176,7 +176,7 @@ def managed_stream() -> Any:
 def managed_connections() -> Any:
     """The open ``/managed-stream`` connections of this worker, with their metadata (client addresses:
     an admin token is needed when auth is on)."""
-    rs.require_admin(current_app.config["ROVER_SECRET_KEY"])
+    rs.require_admin(rs.token_keys())
     connections = _registry().snapshot()
     return jsonify(active_connections=len(connections), connections=connections)
 
@@ -192,7 +192,7 @@ def broadcast_stream() -> Any:
 def send_broadcast() -> Any:
     """``{"message": "...", "sender": "..."}`` to everyone on ``/broadcast-stream`` (and the dashboard)."""
     channel = rs.get_runtime().settings["DEFAULT_CHANNEL"]
-    rs.check_publish_rate(rs.require(current_app.config["ROVER_SECRET_KEY"], "publish", [channel]))
+    rs.check_publish_rate(rs.require(rs.token_keys(), "publish", [channel]))
     body = _json_object()
     message = {"type": "broadcast", "message": _text_field(body, "message", None, MAX_TEXT),
                "sender": _text_field(body, "sender", "server", MAX_NAME), "timestamp": _now_iso()}
@@ -207,7 +207,7 @@ def join_chat(username: str) -> Any:
     needs the same token as ``POST /chat/send``."""
     if not username.strip() or len(username) > MAX_NAME or any(ord(c) < 32 or c == "\x7f" for c in username):
         raise rs.ApiError(f"A user name is 1 to {MAX_NAME} printable characters.", code="invalid_user")
-    rs.check_publish_rate(rs.require(current_app.config["ROVER_SECRET_KEY"], "publish", [live.CHAT_CHANNEL]))
+    rs.check_publish_rate(rs.require(rs.token_keys(), "publish", [live.CHAT_CHANNEL]))
     hub = rs.get_hub()
     keepalive = _number_arg("keepalive", 30.0, 0.1, 300)
     history = hub.history(live.CHAT_CHANNEL)[-10:]
@@ -242,7 +242,7 @@ def join_chat(username: str) -> Any:
 @guide.post("/chat/send")
 def send_chat_message() -> Any:
     """``{"user": "...", "message": "..."}`` to everyone on ``/chat/<username>``."""
-    rs.check_publish_rate(rs.require(current_app.config["ROVER_SECRET_KEY"], "publish", [live.CHAT_CHANNEL]))
+    rs.check_publish_rate(rs.require(rs.token_keys(), "publish", [live.CHAT_CHANNEL]))
     body = _json_object()
     message = {"type": "message", "user": _text_field(body, "user", "Anonymous", MAX_NAME),
                "text": _text_field(body, "message", None, MAX_TEXT), "timestamp": _now_iso()}

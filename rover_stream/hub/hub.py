@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import signals
-from ..concurrency import cooperate
+from ..concurrency import call_later, cooperate
 from ..errors import ApiError, ServiceUnavailable
 from ..wire.sse import encode
 from .engines import AnyEngine, LocalEngine, Replay, SharedEngine
@@ -275,6 +275,22 @@ class Hub:
         if len(self._held()) >= self.max_channels:
             raise ServiceUnavailable(f"The hub holds its maximum of {self.max_channels} channels, all with "
                                      "subscribers.", code="too_many_channels")
+
+    def end_at(self, subscription: Subscription, when: float, reason: str, final: bytes | None = None) -> None:
+        """End ``subscription`` at ``when`` (a time.time(); a token's expiry): what it was sent until then
+        is written, then ``final`` (a last event or frame), then its stream ends, with ``reason`` as its
+        drop reason. Leaving earlier cancels it."""
+
+        def end() -> None:
+            with self._lock:
+                subscription.timer = None
+                subscription.end(reason, final)
+            signals.emit(signals.subscriber_dropped, self, subscription=subscription,
+                         channel=subscription.channels[0], policy=reason, dropped=0)
+
+        if subscription.timer is not None:
+            subscription.timer.cancel()
+        subscription.timer = call_later(when - time.time(), end)
 
     def unsubscribe(self, subscription: Subscription, reason: str = "closed") -> None:
         with self._lock:

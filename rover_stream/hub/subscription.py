@@ -66,6 +66,10 @@ class Subscription:
         self.backlog: deque[Message] = deque()
         self.preamble: list[bytes] = []
         self.dropped: str | None = None  # why the hub let go of this subscriber
+        #: Written after everything queued when the hub ends the subscription (:meth:`end`), then nothing.
+        self.final: bytes | None = None
+        #: The hub's timer that ends the subscription at a given time (a token's expiry), if any.
+        self.timer: Any = None
         self.closed = False
         self.delivered = 0
         self.taken_time = 0.0  # publish time of the oldest message handed out by the last take (latency)
@@ -103,6 +107,22 @@ class Subscription:
         self.dropped = "slow_client"
         self._clear()
         return False
+
+    def end(self, reason: str, final: bytes | None) -> None:
+        """Let go of the subscriber (lock held): what is queued is still sent, then ``final``, then the
+        stream ends."""
+        if self.dropped is None and not self.closed:
+            self.dropped = reason
+            self.final = final
+            self.wake()
+
+    def _last_words(self) -> list[bytes]:
+        """The subscription was let go of and everything queued is out: ``final``, once, then the end."""
+        if self.final is None:
+            raise FeedEnded
+        final, self.final = self.final, None
+        self.wake()  # so that the writer comes back for the end
+        return [final]
 
     def _clear(self) -> None:
         """Free what is queued and wake the response, which then ends the stream."""
@@ -153,7 +173,7 @@ class Subscription:
         count = queue_.qsize()
         if not count:
             if self.dropped is not None:
-                raise FeedEnded
+                return self._last_words()
             return []
         get = queue_.get_nowait
         items = []
@@ -167,7 +187,7 @@ class Subscription:
             # What was queued before the hub let go is still sent (a slow client's queue was emptied);
             # the stream ends at the next take.
             if not rendered:
-                raise FeedEnded
+                return self._last_words()
             self.wake()
         return rendered
 
@@ -236,6 +256,9 @@ class Subscription:
         """The client is gone: leave the hub."""
         if not self.closed:
             self.closed = True
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
             self.hub.unsubscribe(self, reason=self.dropped or "closed")
 
     # -- set-up, by the hub -------------------------------------------------------------------------------------

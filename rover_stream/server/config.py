@@ -62,14 +62,15 @@ def on_starting(server: Any) -> None:
     worker_connections)."""
     for stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
         os.remove(stale)
-    problem = exposure_problem(server.cfg.bind, _s["SECRET_KEY"]) or split_hub_problem(server.cfg.workers,
+    problem = exposure_problem(server.cfg.bind, _s.checks_tokens) or split_hub_problem(server.cfg.workers,
                                                                                       _s["REDIS_URL"])
     if problem:
         server.log.error(problem)
         raise SystemExit(problem)
-    if not _s["SECRET_KEY"]:
-        server.log.warning("ROVER_SECRET_KEY is not set: anyone who can reach %s may publish and read every "
-                           "channel. Fine on loopback for development; set a secret for anything else.",
+    if not _s.checks_tokens:
+        server.log.warning("ROVER_SECRET_KEY is not set (nor a public key): anyone who can reach %s may "
+                           "publish and read every channel. Fine on loopback for development; set a secret for "
+                           "anything else.",
                            ", ".join(server.cfg.bind))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20

@@ -22,9 +22,12 @@ from .parked import ParkedStream, ParkingLot
 
 #: Close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_LATER = 1000, 1001, 1008, 1009, 1013
-#: Why the hub let go of a member, as said in its 1013 close frame.
-_TRY_LATER = {"slow_client": "too slow: messages were piling up",
-              "history_gap": "this server fell behind the room's history: rejoin"}
+#: The member's access token expired: reconnect with a new one (the 4000s are the application's own).
+CLOSE_TOKEN_EXPIRED = 4401
+#: Why the hub let go of a member: the code and reason of its close frame.
+_HUB_ENDINGS = {"slow_client": (CLOSE_TRY_LATER, "too slow: messages were piling up"),
+                "history_gap": (CLOSE_TRY_LATER, "this server fell behind the room's history: rejoin"),
+                "token_expired": (CLOSE_TOKEN_EXPIRED, "token expired")}
 
 
 class Connection(Protocol):
@@ -145,11 +148,12 @@ class ParkedWebSocket(ParkedStream):
 
     def close(self, reason: str) -> None:
         member = self.member
-        if reason in _TRY_LATER and not member.closing and not self.closed and not self.unsent:
+        if reason in _HUB_ENDINGS and not member.closing and not self.closed and not self.unsent:
+            code, text = _HUB_ENDINGS[reason]
             member.closing = True
-            member.close_code = CLOSE_TRY_LATER
+            member.close_code = code
             try:  # best effort: a socket that takes nothing more cannot carry it either
-                os.write(self.fd, close_frame(CLOSE_TRY_LATER, _TRY_LATER[reason]))
+                os.write(self.fd, close_frame(code, text))
             except OSError:
                 pass
         self.stop_reading()
