@@ -215,6 +215,12 @@ def token_from_request() -> str | None:
 
 
 def allows(patterns: Sequence[str], channel: str) -> bool:
+    """Whether a claim of ``patterns`` covers ``channel``; or, for a pattern subscription (``sensors.*``),
+    every channel it can match: a claim covers it when it matches the pattern read literally, and only a
+    claim without ``?`` and ``[...]`` can (``sensors.?`` matches the text ``sensors.*`` but not
+    ``sensors.temp``)."""
+    if "*" in channel:
+        patterns = [p for p in patterns if "?" not in p and "[" not in p]
     return any(fnmatch.fnmatchcase(channel, pattern) for pattern in patterns)
 
 

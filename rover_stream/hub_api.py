@@ -24,11 +24,11 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from .auth import Keys, expiry_of, presented_claims, require, require_token
+from .auth import Keys, allows, expiry_of, presented_claims, require, require_token
 from .body import json_body
 from .errors import ApiError, EncodeError
 from .hub import validate_channel
-from .hub.names import guarded_names
+from .hub.names import guarded_name, guarded_names, is_pattern, validate_pattern
 from .limits import check_publish_rate
 from .runtime import get_runtime
 from .transport.event_stream import last_event_id, sse_response
@@ -57,14 +57,34 @@ def realtime(channel: str | None = None) -> Any:
             raise ApiError("Name the channels: /realtime/<channel>, or /realtime?channel=a&channel=b.",
                            code="invalid_channel")
     for name in names:
-        validate_channel(name)
-    claims = require(_secret(), "subscribe", guarded_names(names))
+        if is_pattern(name):
+            validate_pattern(name)
+        else:
+            validate_channel(name)
+    keys = _secret()
+    claims = require(keys, "subscribe", guarded_names(names))
     hub = get_runtime().hub
-    subscription = hub.subscribe(names, last_event_id=last_event_id())
+    subscription = hub.subscribe(names, last_event_id=last_event_id(), may_read=_reader(keys, claims, names))
     expires = expiry_of(claims)
     if expires is not None:  # let in by a token: it ends when the token does, and the client gets a new one
         hub.end_at(subscription, expires, "token_expired", token_expired_event(expires))
     return sse_response(subscription)
+
+
+def _reader(keys: Keys, claims: dict[str, Any] | None, names: list[str]) -> Any:
+    """For a stream with patterns: whether it may read a channel its patterns match. A private one needs
+    a token that covers it; without keys the server is open."""
+    if not keys or not any(is_pattern(name) for name in names):
+        return None
+    if claims is None:
+        claims = presented_claims(keys)
+    granted = list(claims.get("subscribe", [])) if claims else []
+
+    def may_read(channel: str) -> bool:
+        guarded = guarded_name(channel)
+        return guarded is None or allows(granted, guarded)
+
+    return may_read
 
 
 def token_expired_event(expired_at: float) -> bytes:

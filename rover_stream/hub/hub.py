@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from ..errors import ApiError, ServiceUnavailable
 from ..wire.sse import encode
 from .engines import AnyEngine, LocalEngine, Replay, SharedEngine
 from .message import ORIGIN, Key, Message, parse_id
-from .names import validate_channel
+from .names import is_pattern, pattern_matcher, validate_channel, validate_pattern
 from .subscription import Subscription
 
 
@@ -61,6 +62,8 @@ class Hub:
         self.max_channels_per_stream = max_channels_per_stream
         self._lock = threading.Lock()
         self._channels: dict[str, Channel] = {}
+        #: Subscriptions with patterns: every channel that begins is offered to them.
+        self._pattern_subscriptions: dict[Subscription, None] = {}
         #: Set when a subscriber's queue is a quarter full: the publisher then yields to the writers (under
         #: gevent nothing else makes a busy publisher wait), so queues do not overflow while clients read.
         self.crowded = False
@@ -97,6 +100,12 @@ class Hub:
                 self._make_room_for(channel)
             message = local.append(channel, event, data, body)
             found = self._channels.get(channel)
+            if found is None and self._pattern_subscriptions:
+                found = self._channels[channel] = Channel(channel)
+                self._attach_patterns(found, (message.key[0], message.key[1] - 1))
+                if not found.subscribers:
+                    del self._channels[channel]
+                    found = None
             reached, dropped = self._deliver(found, message) if found else (0, ())
             self.published += 1
         self._after_delivery(message, reached, dropped)
@@ -173,25 +182,53 @@ class Hub:
     # -- subscribing ------------------------------------------------------------------------------------------
 
     def subscribe(self, channels: str | list[str] | tuple[str, ...], last_event_id: str | None = None,
-                  format: str = "sse") -> Subscription:
+                  format: str = "sse", may_read: Callable[[str], bool] | None = None) -> Subscription:
         """Subscribe to one channel or several. With ``last_event_id`` (what the client last saw, as sent in
         ``Last-Event-ID``) the subscription first replays what was missed. ``format="ws"`` (JSON) or
-        ``"ws-text"`` (plain text) renders WebSocket frames (for room members) instead of SSE blocks."""
-        names = (channels,) if isinstance(channels, str) else tuple(dict.fromkeys(channels))
-        if not names:
+        ``"ws-text"`` (plain text) renders WebSocket frames (for room members) instead of SSE blocks.
+
+        A name with ``*`` is a pattern (``sensors.*``): every matching channel is followed, those that exist
+        now and those that begin later, up to ``max_channels_per_stream`` channels in all (the client is
+        told of each one past it with ``event: reset``, ``too_many_channels``). ``may_read`` says whether a
+        matching channel may be read (private ones need a token that covers them). Resuming with the
+        stream's id replays exactly the channels it had followed, and whole the history of those that
+        began since."""
+        requested = (channels,) if isinstance(channels, str) else tuple(dict.fromkeys(channels))
+        if not requested:
             raise ApiError("Subscribe to at least one channel.", code="invalid_channel")
-        if len(names) > self.max_channels_per_stream:
+        if len(requested) > self.max_channels_per_stream:
             raise ApiError(f"One stream may subscribe to at most {self.max_channels_per_stream} channels, "
-                           f"not {len(names)}.", code="too_many_channels")
-        for name in names:
-            validate_channel(name)
+                           f"not {len(requested)}.", code="too_many_channels")
+        patterns = tuple(validate_pattern(name) for name in requested if is_pattern(name))
+        names = tuple(validate_channel(name) for name in requested if not is_pattern(name))
+        shared = self._shared
+        over: list[str] = []
+        if patterns:
+            if shared is not None:
+                found = shared.channels_matching(patterns)
+            else:
+                with self._lock:
+                    found = set(self._held())
+            matcher = pattern_matcher(patterns)
+            matched = sorted(n for n in found if n not in names and matcher.fullmatch(n)
+                             and (may_read is None or may_read(n)))
+            room = max(0, self.max_channels_per_stream - len(names))
+            names, over = names + tuple(matched[:room]), matched[room:]
         positions = _positions(names, last_event_id)
-        subscription = Subscription(self, names, self.queue_size, self.policy, format)
+        subscription = Subscription(self, names, self.queue_size, self.policy, format, patterns)
+        subscription.may_read = may_read
+        for name in over:
+            subscription.follow(name, ORIGIN, self.max_channels_per_stream)  # told it is not followed
         resets: list[tuple[str, str, int | None]] = []
         # A remote engine's head is read before joining the channel, its history after: whatever is
         # published in between arrives both ways, and the subscription's cursor drops the second copy.
-        shared = self._shared
         heads = {name: self.engine.head(name) for name in names} if shared is not None else {}
+        if patterns and last_event_id is not None:
+            # Resuming: a matching channel the stream's id does not name began after it was given, so the
+            # client has seen none of it: all of its history, from its first event.
+            for name in names:
+                if name not in positions:
+                    positions[name] = ((heads[name] if shared is not None else self.engine.head(name))[0], 0)
         new_channels = False
         with self._lock:
             for name in names:
@@ -212,10 +249,21 @@ class Hub:
                 channel = self._channels.get(name)
                 if channel is None:
                     channel = self._channels[name] = Channel(name)
+                    if self._pattern_subscriptions:
+                        self._attach_patterns(channel, heads[name] if shared is not None
+                                              else self.engine.head(name))
                 channel.subscribers[subscription] = None
                 self._count_changed(channel)
+            if patterns:
+                self._pattern_subscriptions[subscription] = None
             self.subscriptions += 1
         if shared is not None:
+            if patterns:
+                # Channels that began between the look above and now were announced to nobody: look again.
+                shared.watch_new_channels()
+                for name in sorted(shared.channels_matching(patterns)):
+                    if subscription.wants(name):
+                        new_channels |= self._follow_new(name, self.engine.head(name)[:1] + (0,), [subscription])
             if new_channels:
                 shared.wake_reader()
             try:
@@ -292,6 +340,55 @@ class Hub:
             subscription.timer.cancel()
         subscription.timer = call_later(when - time.time(), end)
 
+    def _attach_patterns(self, channel: Channel, position: Key) -> None:
+        """A channel object was made (lock held): the pattern subscriptions that match it follow it from
+        ``position`` on."""
+        for subscription in self._pattern_subscriptions:
+            if subscription.wants(channel.name) and subscription.follow(channel.name, position,
+                                                                        self.max_channels_per_stream):
+                channel.subscribers[subscription] = None
+        self._count_changed(channel)
+
+    def _follow_new(self, name: str, position: Key, subscriptions: list[Subscription]) -> bool:
+        """``subscriptions`` (pattern ones) follow ``name`` from ``position`` on; a remote engine's reader
+        starts reading it. True when the reader must be woken."""
+        shared = self._shared
+        with self._lock:
+            channel = self._channels.get(name)
+            if channel is None:
+                channel = self._channels[name] = Channel(name)
+            for subscription in subscriptions:
+                if not subscription.closed and subscription.wants(name) and subscription.follow(
+                        name, position, self.max_channels_per_stream):
+                    channel.subscribers[subscription] = None
+            self._count_changed(channel)
+            return shared is not None and bool(channel.subscribers) and shared.track(name, position)
+
+    def channel_began(self, name: str, epoch: int) -> None:
+        """A remote engine's channel ``name`` had its first event (of epoch ``epoch``): the pattern
+        subscriptions here that match it follow it from that event on."""
+        if not self._pattern_subscriptions:
+            return
+        wanting = [s for s in list(self._pattern_subscriptions) if s.wants(name)]
+        if wanting and self._follow_new(name, (epoch, 0), wanting) and self._shared is not None:
+            self._shared.wake_reader()
+
+    def rescan_patterns(self) -> None:
+        """A remote engine's watcher of new channels (re)connected: channels that began while it was away
+        are looked up once and offered to the pattern subscriptions here."""
+        shared = self._shared
+        subscriptions = list(self._pattern_subscriptions)
+        if shared is None or not subscriptions:
+            return
+        patterns = tuple(sorted({p for s in subscriptions for p in s.patterns}))
+        wake = False
+        for name in sorted(shared.channels_matching(patterns)):
+            wanting = [s for s in subscriptions if s.wants(name)]
+            if wanting:
+                wake |= self._follow_new(name, (shared.head(name)[0], 0), wanting)
+        if wake:
+            shared.wake_reader()
+
     def unsubscribe(self, subscription: Subscription, reason: str = "closed") -> None:
         with self._lock:
             self._remove([subscription])
@@ -299,6 +396,7 @@ class Hub:
 
     def _remove(self, subscriptions: list[Subscription]) -> None:
         for subscription in subscriptions:
+            self._pattern_subscriptions.pop(subscription, None)
             for name in subscription.channels:
                 channel = self._channels.get(name)
                 if channel is not None and subscription in channel.subscribers:

@@ -7,6 +7,7 @@ room's hub channel (``room.<room>``) is exactly as private as the room, with the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from ..errors import ApiError
@@ -23,6 +24,30 @@ def validate_channel(name: object) -> str:
     if not isinstance(name, str) or not CHANNEL_NAME.fullmatch(name):
         raise ApiError(f"Invalid channel name {name!r}: use {ALLOWED}.", code="invalid_channel")
     return name
+
+
+#: A pattern subscription: a channel name with ``*`` standing for any run of characters (dots included, as
+#: in token claims): ``sensors.*`` follows ``sensors.temp`` and ``sensors.temp.raw``.
+PATTERN = re.compile(r"[A-Za-z0-9*][A-Za-z0-9_.\-*]{0,99}")
+
+
+def is_pattern(name: str) -> bool:
+    return "*" in name
+
+
+def validate_pattern(name: object) -> str:
+    """Return ``name`` if it is a valid channel pattern (a channel name with at least one ``*``), else a
+    400 :class:`ApiError` that says why."""
+    if not isinstance(name, str) or "*" not in name or not PATTERN.fullmatch(name):
+        raise ApiError(f"Invalid channel pattern {name!r}: use {ALLOWED}, with * for any run of characters.",
+                       code="invalid_channel")
+    return name
+
+
+def pattern_matcher(patterns: Iterable[str]) -> re.Pattern[str]:
+    """One regular expression matching the channel names any of ``patterns`` matches."""
+    return re.compile("|".join("".join(".*" if part == "*" else re.escape(part) for part in re.split(r"(\*)", p))
+                               for p in patterns))
 
 
 def room_channel(room: str) -> str:

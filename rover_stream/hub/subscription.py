@@ -21,12 +21,14 @@ from __future__ import annotations
 import itertools
 import json
 import queue
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..transport.pipe import FeedEnded
 from .message import ORIGIN, Key, Message, format_id
+from .names import pattern_matcher
 
 
 class Owner(Protocol):
@@ -50,11 +52,18 @@ class Subscription:
     """Created by :meth:`Hub.subscribe`; pass it to :func:`rover_stream.sse_response`."""
 
     def __init__(self, hub: Owner, channels: tuple[str, ...], queue_size: int, policy: str,
-                 format: str = "sse") -> None:
+                 format: str = "sse", patterns: tuple[str, ...] = ()) -> None:
         self.id = next(_ids)
         self.hub = hub
         self.channels = channels
-        self.multi = len(channels) > 1
+        #: Pattern subscriptions (``sensors.*``): the hub adds each matching channel as it appears.
+        self.patterns = patterns
+        self.matcher: re.Pattern[str] | None = pattern_matcher(patterns) if patterns else None
+        #: Whether a channel a pattern matches may be read (a private one needs the token to cover it).
+        self.may_read: Callable[[str], bool] | None = None
+        #: Channels a pattern matched past the stream's bound, which were announced and are not followed.
+        self.refused: set[str] = set()
+        self.multi = len(channels) > 1 or bool(patterns)
         # Frames for a WebSocket room member instead of SSE blocks: JSON ("ws") or plain text ("ws-text").
         self.websocket = format in ("ws", "ws-text")
         self._frame = Message.ws_text_frame if format == "ws-text" else Message.ws_frame
@@ -242,6 +251,8 @@ class Subscription:
         several."""
         if not self.multi:
             return format_id(self._seen)
+        if not self.channels:  # patterns that matched nothing yet: an id all the same, so that the client
+            return "-"         # says it is resuming (and gets whole the channels that began meanwhile)
         return ",".join(f"{channel}:{format_id(self.cursor[channel])}" for channel in self.channels)
 
     def wake(self) -> None:
@@ -262,6 +273,29 @@ class Subscription:
             self.hub.unsubscribe(self, reason=self.dropped or "closed")
 
     # -- set-up, by the hub -------------------------------------------------------------------------------------
+
+    def wants(self, channel: str) -> bool:
+        """Whether one of this subscription's patterns matches ``channel``, and it is not followed yet."""
+        matcher = self.matcher
+        return (matcher is not None and channel not in self.cursor and channel not in self.refused
+                and matcher.fullmatch(channel) is not None and (self.may_read is None or self.may_read(channel)))
+
+    def follow(self, channel: str, position: Key, limit: int) -> bool:
+        """Follow ``channel``, which a pattern matched, from ``position`` on (lock held). Past ``limit``
+        channels it is not followed: the client is told once (``event: reset``, ``too_many_channels``) and
+        False is returned."""
+        if len(self.channels) >= limit:
+            if len(self.refused) < limit:  # told once per channel, at most ``limit`` times
+                self.refused.add(channel)
+                info = {"channel": channel, "reason": "too_many_channels", "last_event_id": None, "missed": None,
+                        "replayed": 0, "limit": limit}
+                self.preamble.append(("event: reset\ndata: " + json.dumps(info, separators=(",", ":")) + "\n\n")
+                                     .encode())
+                self.wake()
+            return False
+        self.channels = (*self.channels, channel)
+        self.cursor[channel] = position
+        return True
 
     def begin_channel(self, channel: str, position: Key, replay: list[Message], reset: str | None,
                       missed: int | None, last_event_id: str | None) -> None:

@@ -133,6 +133,13 @@ class SharedEngine(Engine, Protocol):
     def wake_reader(self) -> None:
         """Make the reader take up newly tracked channels now."""
 
+    def channels_matching(self, patterns: tuple[str, ...]) -> set[str]:
+        """The channels the store has now whose names match one of ``patterns`` (``*`` globs)."""
+
+    def watch_new_channels(self) -> None:
+        """Hand every channel that begins from now on to the hub's :meth:`~rover_stream.hub.Hub.channel_began`
+        (and, after any reconnection, call its ``rescan_patterns``)."""
+
 
 #: What a hub runs on.
 AnyEngine = Union[LocalEngine, SharedEngine]

@@ -120,7 +120,10 @@ end
 #: channel (or the first after Redis lost it) starts a new epoch. Every REFRESH_EVERY, and whenever an epoch
 #: starts or the stream was created, renew the expiry of the stream and its epoch (together, so that they
 #: expire together); every REFRESH_EVERY also read the subscriber counts.
-#: KEYS: stream, epoch, subscriber counts. ARGV: maxlen (approximate), ttl, refresh ("1"), body, data, event.
+#: A new epoch is announced on the Pub/Sub channel ARGV[7] (``<stream key> <epoch>``): workers with
+#: pattern subscriptions learn of channels as they begin, without scanning the keyspace.
+#: KEYS: stream, epoch, subscriber counts. ARGV: maxlen (approximate), ttl, refresh ("1"), body, data, event,
+#: the announcement channel.
 #: Returns {id, time in ms[, counts]}. An engine may insert Lua where the template says ``-- ON NUMBERED``
 #: (``extra`` holds more fields for the entry) and ``-- ON APPENDED``.
 PUBLISH_TEMPLATE = _LUA_EPOCHS + """
@@ -134,6 +137,7 @@ if not e then
   n = 1
   redis.call('HSET', KEYS[2], 'e', e, 'n', 1)
   renew = true
+  if ARGV[7] then redis.call('PUBLISH', ARGV[7], KEYS[1] .. ' ' .. e) end
 end
 local extra = {}
 -- ON NUMBERED
@@ -150,6 +154,7 @@ if type(added) == 'table' and added.err then
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 'b', ARGV[4], 'd', ARGV[5], 'e', ARGV[6], 't', t)
   redis.call('HSET', KEYS[2], 'e', e, 'n', 1)
   renew = true
+  if ARGV[7] then redis.call('PUBLISH', ARGV[7], KEYS[1] .. ' ' .. e) end
 end
 if renew or redis.call('TTL', KEYS[1]) == -1 then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -224,6 +229,11 @@ return 0
 """
 
 
+def _glob_escape(text: str, keep: str = "") -> str:
+    """``text`` for a Redis MATCH glob, its special characters taken literally (but those in ``keep``)."""
+    return "".join("\\" + c if c in "*?[]\\" and c not in keep else c for c in text)
+
+
 class _Publish:
     """One publish waiting for its turn in a pipeline (see :meth:`RedisEngine._run_publish_script`)."""
 
@@ -294,6 +304,7 @@ class RedisEngine:
         self._reader_up = False
         self._retry_now = threading.Event()  # ends the reader's backoff early: Redis answered a publish
         self._publish_script: Any = self._redis.register_script(self.publish_script)
+        self._watcher: Any = None  # the watcher of channels that begin (pattern subscriptions)
         self._batch: list[_Publish] = []  # publishes waiting for the next round trip (_run_publish_script)
         self._batch_lock = threading.Lock()
         self._batch_busy = False  # a publish is leading: sending a batch, or about to
@@ -387,7 +398,8 @@ class RedisEngine:
         keep = max(self.size_for(channel), READER_FLOOR)
         try:
             answer = self._run_publish_script(
-                self._publish_keys(channel), [keep, self._ttl(), "1" if refresh else "0", body, data_json, event or ""])
+                self._publish_keys(channel),
+                [keep, self._ttl(), "1" if refresh else "0", body, data_json, event or "", self._began_channel()])
         except self._outages() as exc:
             raise self._unavailable(exc) from None
         except redis.ResponseError as exc:
@@ -544,6 +556,65 @@ class RedisEngine:
         self._positions[channel] = position
         self._last[channel] = position  # the first entry read must follow it (or start a new epoch)
         return True
+
+    # -- pattern subscriptions -----------------------------------------------------------------------------
+
+    def _began_channel(self) -> str:
+        """The Pub/Sub channel on which the publishing script announces a channel's new epoch."""
+        return f"{self.prefix}began"
+
+    def channels_matching(self, patterns: tuple[str, ...]) -> set[str]:
+        """The channels with a stream now whose names one of ``patterns`` matches: a SCAN of the keyspace,
+        done when a pattern subscription begins (and when the watcher reconnects), never per publish."""
+        self._ensure_started()
+        stream_prefix = self.prefix + "ch:"
+        found: set[str] = set()
+        try:
+            for pattern in patterns:
+                for key in self._redis.scan_iter(match=_glob_escape(stream_prefix) + _glob_escape(pattern, "*"),
+                                                 count=1000, _type="stream"):
+                    name = key.decode() if isinstance(key, bytes) else key
+                    found.add(self._channel_of(name))
+        except self._outages() as exc:
+            raise self._unavailable(exc) from None
+        return found
+
+    def _channel_of(self, key: str) -> str:
+        return key[len(self.prefix) + 3:]
+
+    def watch_new_channels(self) -> None:
+        """Start this process's watcher of channels that begin (once): it hands each to the hub, which
+        offers it to its pattern subscriptions. Its own connection; on every (re)connection it looks over
+        the keyspace once for what began while it was away."""
+        self._ensure_started()
+        if self._watcher is None:
+            self._watcher = spawn(self._watch_forever, name="rover-stream-redis-channels")
+
+    def _watch_forever(self) -> None:
+        import redis
+
+        backoff = BACKOFF_FIRST
+        while True:
+            pubsub: Any = None
+            try:
+                pubsub = self._reader_redis.pubsub()
+                pubsub.subscribe(self._began_channel())
+                for message in pubsub.listen():
+                    if message["type"] == "subscribe":
+                        backoff = BACKOFF_FIRST
+                        self.hub.rescan_patterns()
+                    elif message["type"] == "message":
+                        key, _, epoch = message["data"].decode().rpartition(" ")
+                        self.hub.channel_began(self._channel_of(key), int(epoch))
+            except (redis.ConnectionError, redis.TimeoutError, OSError, ServiceUnavailable) as exc:
+                log.warning("Watching for new channels: %s; again in %.1f s.", exc, backoff)
+            except Exception:
+                log.exception("Watching for new channels failed; again in %.1f s.", backoff)
+            finally:
+                if pubsub is not None:
+                    pubsub.close()
+            time.sleep(backoff)
+            backoff = min(BACKOFF_MAX, backoff * 2)
 
     def set_local_count(self, channel: str, count: int) -> None:
         if count:

@@ -41,6 +41,7 @@ import time
 from typing import Any
 
 from ...concurrency import spawn
+from ...errors import ApiError
 from ...settings import parse_cluster_url
 from ..message import format_id, parse_id
 from .redis import EPOCH_KEEP, KEEP_SCRIPT, POOL_SIZE, PUBLISH_TEMPLATE, READ_COUNT, RedisEngine
@@ -80,6 +81,10 @@ RETRY_WAIT = 0.25
 class RedisClusterEngine(RedisEngine):
     name = "redis-cluster"
     publish_script = CLUSTER_PUBLISH_SCRIPT
+
+    def channels_matching(self, patterns: tuple[str, ...]) -> set[str]:
+        raise ApiError("Pattern subscriptions (a channel name with *) are not available on Redis Cluster yet: "
+                       "name the channels, or use one Redis.", status=501, code="patterns_unsupported")
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         self.options = parse_cluster_url(url)
