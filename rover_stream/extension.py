@@ -30,6 +30,7 @@ from flask import Blueprint, Flask, current_app, has_app_context
 
 from . import settings as settings_module
 from .body import close_unread_bodies
+from .browser import browser
 from .cors import init_cors
 from .errors import ApiError, register_error_handlers
 from .hub import Hub, create_hub
@@ -87,7 +88,7 @@ class RoverStream:
         app.teardown_request(close_unsent_bodies)
 
         blueprint = Blueprint(BLUEPRINT_NAME, __name__)
-        for part in (ops, api, rooms_api):
+        for part in (ops, api, rooms_api, browser):
             blueprint.register_blueprint(part)
         scope: Flask | Blueprint = app if self.whole_app else blueprint
         register_error_handlers(scope)

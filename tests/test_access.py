@@ -45,6 +45,7 @@ ROUTES: dict[str, tuple[str, str, Any, str]] = {
     "guide.process_stream": ("POST", "/process-stream", {"total_items": 1, "delay": 0}, "open"),
     "rover_stream.ops.ready": ("GET", "/ready", None, "open"),
     "rover_stream.api.realtime": ("GET", "/realtime/private-ops", None, "subscribe:private-ops"),
+    "rover_stream.browser.client_library": ("GET", "/rover-stream.js", None, "open"),
     "demo.static": ("GET", "/static/app.js", None, "open"),
     "guide.main_stream": ("GET", "/stream", None, "open"),
     "demo.count": ("GET", "/stream/count?n=1", None, "open"),

@@ -64,7 +64,8 @@ def test_everything_mounts_under_the_prefix_only() -> None:
     rules = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.startswith("rover_stream.")}
     assert rules == {f"{PREFIX}{path}" for path in (
         "/realtime", "/realtime/<channel>", "/api/broadcast", "/api/channels", "/api/channels/<channel>", "/health",
-        "/ready", "/metrics", "/admin/stream-stats", "/ws/comms/<team_channel>", "/api/rooms/<room>")}
+        "/ready", "/metrics", "/admin/stream-stats", "/ws/comms/<team_channel>", "/api/rooms/<room>",
+        "/rover-stream.js")}
     client = app.test_client()
     assert client.get("/health").get_json() == {"host": "ok"}
     health = client.get(f"{PREFIX}/health")

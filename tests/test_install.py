@@ -130,7 +130,7 @@ def test_the_wheel_holds_the_dashboard_the_server_config_and_the_license(install
     names = set(zipfile.ZipFile(installed.wheel).namelist())
     for needed in ("rover_stream/demo/templates/index.html", "rover_stream/demo/static/app.js",
                    "rover_stream/demo/static/style.css", "rover_stream/server/config.py",
-                   "rover_stream/server/worker.py", "rover_stream/py.typed"):
+                   "rover_stream/server/worker.py", "rover_stream/py.typed", "rover_stream/js/rover-stream.js"):
         assert needed in names, needed
     assert any(name.endswith("licenses/LICENSE") or name.endswith("/LICENSE") for name in names)
     assert not any(name.startswith(("tests/", "bench/", "templates/", "static/")) for name in names)
@@ -164,6 +164,9 @@ def test_serve_from_an_empty_folder_on_port_serves_everything(installed: Install
     assert re.search(rb'src="/static/app\.js', body), body[:2000]
     status, headers, body = fetch(port, "/static/app.js")
     assert status == 200 and b"EventSource" in body
+    status, headers, body = fetch(port, "/rover-stream.js")
+    assert status == 200 and headers["Content-Type"] == "text/javascript; charset=utf-8"
+    assert b"export function subscribe" in body
     health = json.loads(fetch(port, "/health")[2])
     assert health["status"] == "healthy"
 
