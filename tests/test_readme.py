@@ -91,7 +91,11 @@ def test_the_curl_tour_works_as_written(command: str, demo: Any, tmp_path: Path)
             if re.search(re.escape(path) + r"(\s|$)", command):
                 assert name in saved, saved
     if command.endswith("/api/broadcast"):
-        assert set(json.loads(out)) >= {"id", "subscribers"}
+        answer = json.loads(out)
+        for event in answer["events"] if " -d '[" in command else [answer]:  # a batch answers each event
+            assert set(event) >= {"id", "subscribers"}, answer
+    if "/api/channels/" in command:
+        assert set(json.loads(out)) >= {"subscribers", "last_id", "history"}, out
 
 
 def test_the_resumable_download_continues_a_partial_file(demo: Any, tmp_path: Path) -> None:
