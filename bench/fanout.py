@@ -32,6 +32,11 @@ Scenarios
 * ``idle`` -- ``--idle-subscribers`` (5,000) subscribers and 1 event/s for ``--duration`` seconds. Figure: the
   server's RSS per connection, (RSS with N subscribers connected, after the trickle - RSS before connecting) /
   N, RSS summed over the server's processes (Redis included); every subscriber must get every event.
+* ``batch`` -- the burst scenario (same subscribers, connections and duration) with every request a JSON array
+  of ``--batch-size`` (100) events. rover_stream systems only (the peers' ``/api/broadcast`` takes one event).
+  Figures: events published/s and deliveries/s, each with its ratio to the same system's single publishes in
+  the ``burst`` scenario of the same run (``burst`` is run for the rover_stream systems when only ``batch`` is
+  asked for, so that the ratio always comes from one run).
 
 How
 ---
@@ -52,7 +57,7 @@ Targets (rover_stream, one gevent worker): burst -- CPU per delivery <= 0.5x the
 Output: progress on stderr, one table on stdout, and every figure in ``bench/results/fanout-<timestamp>.json``.
 Exit status 1 when a target is missed or rover_stream could not be measured.
 
-Usage: ``python bench/fanout.py [all|burst|steady|idle] [--repeat 3] [--subscribers N] [--duration S]``
+Usage: ``python bench/fanout.py [all|burst|steady|idle|batch ...] [--repeat 3] [--subscribers N] [--duration S]``
 """
 
 from __future__ import annotations
@@ -110,7 +115,8 @@ FASTAPI = "fastapi sse-starlette"
 FLASKSSE = "flask-sse"
 SYSTEMS = (ROVER, ROVER_REDIS, HANDWRITTEN, FASTAPI, FLASKSSE)
 PEER_SYSTEMS = (HANDWRITTEN, FASTAPI, FLASKSSE)
-SCENARIOS = ("burst", "steady", "idle")
+SCENARIOS = ("burst", "steady", "idle", "batch")
+ROVER_SYSTEMS = (ROVER, ROVER_REDIS)  # the systems whose /api/broadcast takes a batch (a JSON array of events)
 
 GUNICORN_LISTENING = re.compile(rb"Listening at: http://127\.0\.0\.1:(\d+)")
 UVICORN_LISTENING = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
@@ -602,11 +608,13 @@ class SubscriberLoad(JsonLinesChild):
 
 
 def run_publisher(system: System, mode: str, duration: float, rate: float, connections: int, payload: int,
-                  start_at: float, work: Path, max_lag: float) -> dict[str, Any]:
+                  start_at: float, work: Path, max_lag: float, batch: int = 1) -> dict[str, Any]:
     cmd = [sys.executable, str(LOADGEN_PUBLISHER), "--host", LOOPBACK, "--port", str(system.port),
            "--channel", CHANNEL, "--mode", mode, "--duration", f"{duration:g}", "--rate", f"{rate:g}",
            "--connections", str(connections), "--payload", str(payload), "--start-at", repr(start_at),
            "--timeout", "30", "--max-lag", f"{max_lag:g}"]
+    if batch > 1:
+        cmd += ["--batch", str(batch)]
     with open(work / "loadgen-publisher.log", "ab") as err:
         done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=base_env(),
                               timeout=duration + 90, preexec_fn=raise_nofile)
@@ -630,6 +638,7 @@ class Scenario:
     rate: float
     connections: int
     latency: bool
+    batch: int = 1  # events per publish request (above 1: a JSON array)
 
 
 def measure(system_name: str, scenario: Scenario, env: Env, args: argparse.Namespace) -> dict[str, Any]:
@@ -676,7 +685,7 @@ def measure(system_name: str, scenario: Scenario, env: Env, args: argparse.Names
         if args.py_spy and system_name in (ROVER, ROVER_REDIS):
             profiler = start_profiler(system, scenario, start_at)
         published = run_publisher(system, scenario.mode, scenario.duration, scenario.rate, scenario.connections,
-                                  args.payload, start_at, run_dir, args.max_lag)
+                                  args.payload, start_at, run_dir, args.max_lag, scenario.batch)
         expected = int(published["published"])
         load.send({"cmd": "wait", "expected": expected, "timeout": args.drain_timeout})
         stats = load.expect("stats", args.drain_timeout + 30, system.check_alive)
@@ -699,6 +708,7 @@ def measure(system_name: str, scenario: Scenario, env: Env, args: argparse.Names
             # sent but unanswered when the publisher stopped waiting: the server may still have published them
             "in_flight_at_stop": int(published["sent"]) - expected,
             "publish_rate": published["publish_rate"], "publisher_connections": scenario.connections,
+            "batch": scenario.batch, "publish_requests": published.get("requests"),
             "subscribers_reported": [published["subscribers_min"], published["subscribers_max"]],
             "expected_deliveries": expected * scenario.subscribers, "received": received,
             "missing": stats.get("missing", 0), "excess": stats.get("excess", 0),
@@ -855,6 +865,14 @@ FIGURES: dict[str, list[tuple[str, str, Callable[[dict[str, Any]], float | None]
         ("published", "events published / scheduled", lambda r: r["published"] / r["scheduled"] if r["scheduled"]
          else 0.0, lambda v: f"{v * 100:.1f}%"),
     ],
+    "batch": [
+        ("publish_rate", "events published/s", lambda r: r["publish_rate"], lambda v: f"{v:,.0f}"),
+        ("deliveries_per_second", "deliveries/s", lambda r: r["deliveries_per_second"], lambda v: f"{v:,.0f}"),
+        ("cpu_us", "server CPU per delivery (us)", lambda r: r["server_cpu_us_per_delivery"], lambda v: f"{v:.2f}"),
+        ("delivered", "delivered (received / expected)",
+         lambda r: r["received"] / r["expected_deliveries"] if r["expected_deliveries"] else 0.0,
+         lambda v: f"{v * 100:.3f}%"),
+    ],
     "idle": [
         ("kb_per_conn", "server RSS per connection (kB)", lambda r: r["rss_per_connection"] / 1000,
          lambda v: f"{v:.2f}"),
@@ -910,7 +928,7 @@ def verdicts(runs: list[dict[str, Any]], scenarios: Sequence[str]) -> list[dict[
     rows: list[dict[str, Any]] = []
     ratio_keys = {"burst": {"deliveries_per_second": True, "cpu_us": False},
                   "steady": {"p99": False, "p50": False, "max": False},
-                  "idle": {"kb_per_conn": False}}
+                  "idle": {"kb_per_conn": False}, "batch": {}}
     for scenario in scenarios:
         bests = {key: best_peer(runs, scenario, key, higher) for key, higher in ratio_keys[scenario].items()}
         for system in SYSTEMS:
@@ -935,6 +953,11 @@ def verdicts(runs: list[dict[str, Any]], scenarios: Sequence[str]) -> list[dict[
                 if key in bests and bests[key][0] != "-" and bests[key][1]:
                     row["ratio"] = f"x{figure.median / bests[key][1]:.2f} ({bests[key][0]})"
                     row["ratio_value"] = figure.median / bests[key][1]
+                if scenario == "batch" and key in BATCH_RATIO_KEYS:  # against single publishes, not a peer
+                    single = collect(runs, "burst", system, key)
+                    if single.values and single.median:
+                        row["ratio"] = f"x{figure.median / single.median:.2f} (single publishes)"
+                        row["ratio_value"] = figure.median / single.median
                 if system == ROVER_REDIS:
                     target, passed = redis_target(runs, scenario, key, figure.median, delivered_ok)
                     if target:
@@ -955,6 +978,47 @@ def verdicts(runs: list[dict[str, Any]], scenarios: Sequence[str]) -> list[dict[
                              "median": errors[0][:70], "spread": "", "ratio": "", "target": "",
                              "result": "MISS" if system == ROVER else ""})
     return rows
+
+
+BATCH_RATIO_KEYS = ("publish_rate", "deliveries_per_second")  # batch figures compared with burst's
+
+
+def batch_ratios(runs: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
+    """For each rover_stream system measured in ``batch``: its events/s and deliveries/s (medians) against its
+    single publishes in ``burst`` of the same run."""
+    found = []
+    for system in ROVER_SYSTEMS:
+        if not any(r["scenario"] == "batch" and r["system"] == system for r in runs):
+            continue
+        entry: dict[str, Any] = {"system": system, "batch_size": batch_size}
+        for key, name in (("publish_rate", "events_per_second"), ("deliveries_per_second", "deliveries_per_second")):
+            batch = collect(runs, "batch", system, key)
+            single = collect(runs, "burst", system, key)
+            entry[name] = {"batch": batch.median if batch.values else None,
+                           "single": single.median if single.values else None,
+                           "ratio": batch.median / single.median if batch.values and single.values
+                           and single.median else None}
+        found.append(entry)
+    return found
+
+
+def print_batch_ratios(ratios: list[dict[str, Any]]) -> None:
+    if not ratios:
+        return
+    print()
+    for entry in ratios:
+        events, deliveries = entry["events_per_second"], entry["deliveries_per_second"]
+        head = f"{entry['system']}: batch of {entry['batch_size']}: "
+        if events["ratio"] is None:
+            why = "batch not measured" if events["batch"] is None else "burst (single publishes) not measured"
+            print(head + f"no ratio to single publishes ({why} in this run)")
+            continue
+        line = (head + f"{events['ratio']:.1f}x the events/s of single publishes "
+                f"({events['batch']:,.0f} vs {events['single']:,.0f} events published/s)")
+        if deliveries["ratio"] is not None:
+            line += (f"; deliveries/s {deliveries['batch']:,.0f} vs {deliveries['single']:,.0f} "
+                     f"({deliveries['ratio']:.1f}x)")
+        print(line)
 
 
 def delivery_problems(mine: list[dict[str, Any]]) -> str:
@@ -1048,13 +1112,17 @@ def scenarios_from(args: argparse.Namespace) -> dict[str, Scenario]:
                            args.steady_connections, latency=True),
         "idle": Scenario("idle", n or args.idle_subscribers, args.duration, "rate", args.idle_rate, 1,
                          latency=True),
+        "batch": Scenario("batch", n or args.burst_subscribers, args.duration, "burst", 0.0, args.burst_connections,
+                          latency=False, batch=args.batch_size),
     }
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("scenario", nargs="?", choices=(*SCENARIOS, "all"), default="all")
+    # several may be named (burst batch); no choices= here: argparse refuses an empty nargs="*" list with them
+    parser.add_argument("scenario", nargs="*", metavar="SCENARIO", default="all",
+                        help=f"one or more of: {', '.join(SCENARIOS)}, all")
     parser.add_argument("--scenario", dest="scenario_opt", choices=(*SCENARIOS, "all"), default=None,
                         help="the same as the positional argument")
     parser.add_argument("--systems", default=",".join(SYSTEMS),
@@ -1064,6 +1132,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of publishing per measurement")
     parser.add_argument("--burst-subscribers", type=int, default=100)
     parser.add_argument("--burst-connections", type=int, default=4, help="concurrent keep-alive publishers")
+    parser.add_argument("--batch-size", type=int, default=100,
+                        help="batch: events per POST /api/broadcast request (a JSON array)")
     parser.add_argument("--steady-subscribers", type=int, default=1000)
     parser.add_argument("--steady-rate", type=float, default=100.0, help="events per second")
     parser.add_argument("--steady-connections", type=int, default=4, help="keep-alive publisher connections")
@@ -1083,9 +1153,60 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="use bench/.venv-peers and redis-server as they are; install nothing")
     parser.add_argument("--keep-work", action="store_true", help="keep the work dir (server logs)")
     args = parser.parse_args(argv)
+    if isinstance(args.scenario, str):  # none named: the default
+        args.scenario = [args.scenario]
+    unknown = [name for name in args.scenario if name not in (*SCENARIOS, "all")]
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r}: choose from {', '.join((*SCENARIOS, 'all'))}")
     if args.scenario_opt:
         args.scenario = args.scenario_opt
+    elif len(args.scenario) == 1:
+        args.scenario = args.scenario[0]  # one name: a string, as before
+    if args.batch_size < 1:
+        parser.error("--batch-size is at least 1")
     return args
+
+
+def scenario_plan(requested: str | list[str], systems: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """The scenarios to run, in order, and the systems of each. ``batch`` runs on the rover_stream systems only,
+    and brings ``burst`` with it (for those systems) when it was not asked for, so that its ratio to single
+    publishes comes from the same run."""
+    names = [requested] if isinstance(requested, str) else list(requested)
+    if "all" in names:
+        names = list(SCENARIOS)
+    names = [name for name in SCENARIOS if name in names]  # the usual order, each once
+    plan = {name: list(systems) for name in names}
+    if "batch" in plan:
+        rover = [s for s in systems if s in ROVER_SYSTEMS]
+        skipped = [s for s in systems if s not in ROVER_SYSTEMS]
+        if skipped:
+            log(f"note: batch runs on the rover_stream systems only (the peers' /api/broadcast takes one event); "
+                f"skipping {', '.join(skipped)} there")
+        if not rover:
+            log("note: batch: no rover_stream system among --systems; nothing to run there")
+        plan["batch"] = rover
+        if "burst" not in plan and rover:
+            log(f"note: batch: running burst (single publishes) for {', '.join(rover)} too, so that the ratio "
+                "comes from this run")
+            plan = {"burst": rover, **plan}
+        names = [name for name in SCENARIOS if name in plan]
+    return names, plan
+
+
+def check_batch_size(args: argparse.Namespace, rover_env: dict[str, str]) -> None:
+    """A batch rover_stream would refuse (more events than ROVER_MAX_BATCH, or a body over
+    ROVER_MAX_BODY_BYTES) is a usage error, not a measurement."""
+    max_batch = int(rover_env.get("ROVER_MAX_BATCH", 1000))
+    if args.batch_size > max_batch:
+        raise SystemExit(f"--batch-size {args.batch_size} is over rover_stream's ROVER_MAX_BATCH ({max_batch}); "
+                         f"add --rover-env ROVER_MAX_BATCH={args.batch_size}")
+    max_body = int(rover_env.get("ROVER_MAX_BODY_BYTES", 64 * 1024))
+    # each event {"channel":"bench","data":"@k<k>@t<time>@xxx..."}, and a comma
+    body = args.batch_size * (max(args.payload, 40) + len(CHANNEL) + 25) + 2
+    if body > max_body:
+        raise SystemExit(f"--batch-size {args.batch_size} with --payload {args.payload} makes request bodies of "
+                         f"about {body:,} bytes, over ROVER_MAX_BODY_BYTES ({max_body:,}); add --rover-env "
+                         f"ROVER_MAX_BODY_BYTES={1 << (body - 1).bit_length()}")
 
 
 def interrupt(signum: int, frame: Any) -> None:
@@ -1108,9 +1229,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM ends the run the same way as Ctrl-C: every finally stops what it started.
     signal.signal(signal.SIGTERM, interrupt)
 
+    scenario_names, plan = scenario_plan(args.scenario, systems)
+    if "batch" in plan:
+        check_batch_size(args, rover_env)
     venv_python = ensure_venv(args.skip_install) if set(systems) & set(PEER_SYSTEMS) else Path(sys.executable)
     redis_server = ensure_redis(args.skip_install) if FLASKSSE in systems or ROVER_REDIS in systems else None
-    scenario_names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     scenarios = scenarios_from(args)
     work = Path(tempfile.mkdtemp(prefix="fanout-"))
     env = Env(venv_python, redis_server, work, rover_env)
@@ -1122,9 +1245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for repeat in range(args.repeat):
             for name in scenario_names:
                 scenario = scenarios[name]
-                for system in systems:
+                for system in plan[name]:
                     log(f"[{repeat + 1}/{args.repeat}] {name}: {system}, {scenario.subscribers} subscribers, "
-                        f"{scenario.duration:g} s ...")
+                        f"{scenario.duration:g} s" + (f", batches of {scenario.batch}" if scenario.batch > 1 else "")
+                        + " ...")
                     try:
                         result = measure(system, scenario, env, args)
                     except (Unavailable, RuntimeError, OSError, subprocess.SubprocessError) as exc:
@@ -1147,6 +1271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = verdicts(runs, scenario_names)
     print_table(rows)
     print_cpu_table(runs, scenario_names)
+    ratios = batch_ratios(runs, args.batch_size) if "batch" in scenario_names else []
+    print_batch_ratios(ratios)
     print(f"\nburst: {scenarios['burst'].connections} concurrent keep-alive publisher connections in one process; "
           f"payload {args.payload} bytes per event. Total time {time.monotonic() - started:.0f} s.")
 
@@ -1160,7 +1286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scenarios": {k: vars(v) for k, v in scenarios.items() if k in scenario_names},
         "targets": {"burst_cpu_ratio": BURST_CPU_RATIO, "burst_rate_ratio": BURST_RATE_RATIO,
                     "steady_p99_ms": STEADY_P99_MS, "idle_kb": IDLE_KB},
-        "rows": rows, "runs": runs,
+        "rows": rows, "runs": runs, **({"batch_ratios": ratios} if ratios else {}),
     }, indent=2, default=str))
     log(f"wrote {out}")
     rover_rows = [r for r in rows if r["system"] == ROVER]

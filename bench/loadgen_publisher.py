@@ -13,10 +13,16 @@ the subscribers' load generator looks for; ``<scheduled>`` is a ``time.monotonic
   time a publisher held back by a slow server counts against that server. The publisher's own lag (send time
   minus scheduled time) is reported too. Once an event is more than ``--max-lag`` seconds late the server cannot
   keep up: the publisher stops there (``gave_up``), so that the run stays bounded.
+* ``--batch N`` (N > 1): each request body is a JSON array of N such event objects with consecutive ``k``, each
+  with its own markers (the subscribers' load generator counts them one by one, as single publishes); a 2xx
+  answer counts N events published. In burst mode every event of a batch carries the send time; in rate mode
+  a batch is sent once its last event is due (each event still carries its own scheduled time, so the wait
+  for the batch to fill counts as latency), and the last batch may be shorter.
 
-Every answer must be a 2xx; the ``"subscribers"`` number in its JSON is collected (least and most). At the end
-one JSON line goes to stdout: events published, errors, the monotonic times of the first send and the last
-answer, the publish rate, the lag, and this process's CPU time. Bounded: ``--timeout`` seconds after the
+Every answer must be a 2xx; the ``"subscribers"`` number in its JSON is collected (least and most; for a batch,
+the first event's). At the end one JSON line goes to stdout: events published, requests sent, errors (requests
+that failed: none of their events counts as published), the monotonic times of the first send and the last
+answer, the publish rate (events/s), the lag, and this process's CPU time. Bounded: ``--timeout`` seconds after the
 publishing window, whatever is still in flight counts as an error and the process exits.
 """
 
@@ -30,6 +36,7 @@ import selectors
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 SUBSCRIBERS = re.compile(rb'"subscribers"\s*:\s*(\d+)')
@@ -39,7 +46,7 @@ CONNECTION_CLOSE = re.compile(rb"\r\nconnection:\s*close", re.IGNORECASE)
 
 
 class Conn:
-    __slots__ = ("sock", "busy", "buf", "out", "sent_at", "connected")
+    __slots__ = ("sock", "busy", "buf", "out", "sent_at", "connected", "events")
 
     def __init__(self) -> None:
         self.sock: socket.socket | None = None
@@ -48,6 +55,7 @@ class Conn:
         self.out = b""
         self.sent_at = 0.0
         self.connected = False
+        self.events = 0  # events in the request in flight
 
 
 class Publisher:
@@ -60,6 +68,9 @@ class Publisher:
                      "Content-Type: application/json\r\nContent-Length: ").encode()
         self.pad = "x" * args.payload
         self.k = 0
+        self.batch = max(1, args.batch)
+        self.requests = 0
+        self.last_batch = 1  # events in the last request sent
         self.published = 0
         self.errors = 0
         self.statuses: dict[int, int] = {}
@@ -103,14 +114,30 @@ class Publisher:
                 return conn
         return None
 
-    def body(self, k: int, scheduled: float) -> bytes:
+    def event(self, k: int, scheduled: float) -> str:
         data = f"@k{k}@t{scheduled:.6f}@"
         pad = self.pad[: max(0, self.args.payload - len(data))]
-        return f'{{"channel":"{self.args.channel}","data":"{data}{pad}"}}'.encode()
+        return f'{{"channel":"{self.args.channel}","data":"{data}{pad}"}}'
 
-    def send(self, conn: Conn, scheduled: float, now: float) -> None:
-        body = self.body(self.k, scheduled)
-        self.k += 1
+    def body(self, k: int, scheduled: float) -> bytes:
+        return self.event(k, scheduled).encode()
+
+    def batch_body(self, k: int, count: int, scheduled: Callable[[int], float]) -> bytes:
+        """A JSON array of ``count`` events from ``k`` on; ``scheduled(i)`` is the i-th one's scheduled time."""
+        return ("[" + ",".join(self.event(k + i, scheduled(i)) for i in range(count)) + "]").encode()
+
+    def send(self, conn: Conn, scheduled: float, now: float, count: int = 1, step: float = 0.0) -> None:
+        """Send events k .. k+count-1 in one request; event k+i is scheduled at ``scheduled + i * step``.
+        ``count`` 1 without ``--batch`` is the single-object body; with ``--batch`` N > 1 the body is always an
+        array."""
+        if self.batch == 1:
+            body = self.body(self.k, scheduled)
+        else:
+            body = self.batch_body(self.k, count, lambda i: scheduled + i * step)
+        self.k += count
+        self.requests += 1
+        self.last_batch = count
+        conn.events = count
         conn.out = self.head + str(len(body)).encode() + b"\r\n\r\n" + body
         conn.busy = True
         conn.sent_at = now
@@ -118,7 +145,7 @@ class Publisher:
             self.first_send = now
         self.last_send = now
         if self.args.mode == "rate":
-            self.lags.append(now - scheduled)
+            self.lags.append(now - (scheduled + (count - 1) * step))  # the last event's: the batch waited for it
         self.flush(conn)
 
     def flush(self, conn: Conn) -> None:
@@ -189,7 +216,7 @@ class Publisher:
         status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         self.statuses[status] = self.statuses.get(status, 0) + 1
         if 200 <= status < 300:
-            self.published += 1
+            self.published += conn.events
             found = SUBSCRIBERS.search(body)
             if found:
                 count = int(found.group(1))
@@ -202,6 +229,7 @@ class Publisher:
             if self.errors <= 3:
                 print(f"publisher: HTTP {status}: {body[:200]!r}", file=sys.stderr, flush=True)
         conn.busy = False
+        conn.events = 0
         self.last_answer = now
         if CONNECTION_CLOSE.search(head):
             self.reconnect(conn)
@@ -228,7 +256,7 @@ class Publisher:
                 if sending:
                     for conn in self.conns:
                         if not conn.busy and conn.sock is not None:
-                            self.send(conn, now, now)
+                            self.send(conn, now, now, self.batch)
                 elif now >= stop and not any(c.busy for c in self.conns):
                     break
                 timeout = max(0.0, start - now) if now < start else 0.05
@@ -236,7 +264,9 @@ class Publisher:
                 assert total is not None
                 blocked = False
                 while self.k < total:
-                    due = start + self.k / args.rate
+                    count = min(self.batch, total - self.k)
+                    first_due = start + self.k / args.rate
+                    due = start + (self.k + count - 1) / args.rate  # a batch goes once its last event is due
                     if due > now:
                         break
                     if now - due > args.max_lag:  # the server cannot keep up: stop here, the run stays bounded
@@ -249,7 +279,7 @@ class Publisher:
                     if free is None:
                         blocked = True
                         break
-                    self.send(free, due, now)
+                    self.send(free, first_due, now, count, 1.0 / args.rate)
                 if self.k >= total and not any(c.busy for c in self.conns):
                     break
                 if blocked or self.k >= total:
@@ -257,7 +287,8 @@ class Publisher:
                     # on a 2-core machine)
                     timeout = 0.05
                 else:
-                    timeout = max(0.0, start + self.k / args.rate - time.monotonic())
+                    count = min(self.batch, total - self.k)
+                    timeout = max(0.0, start + (self.k + count - 1) / args.rate - time.monotonic())
             for key, mask in select(timeout):
                 self.on_event(key.data, mask, time.monotonic())
         cpu = time.process_time() - cpu0
@@ -269,16 +300,19 @@ class Publisher:
         def pct(fraction: float) -> float:
             return lags[min(len(lags) - 1, int(fraction * len(lags)))] * 1e3 if lags else 0.0
 
-        window = (self.last_send - self.first_send) if self.published > 1 else 0.0
+        window = (self.last_send - self.first_send) if self.published > 1 and self.requests > 1 else 0.0
         return {
-            "event": "published", "mode": args.mode, "connections": args.connections, "sent": self.k,
+            "event": "published", "mode": args.mode, "connections": args.connections, "batch": self.batch,
+            "requests": self.requests, "sent": self.k,
             "scheduled": int(round(args.rate * args.duration)) if args.mode == "rate" else self.k,
             "gave_up": self.gave_up,
             "published": self.published, "errors": self.errors,
             "statuses": {str(k): v for k, v in self.statuses.items()}, "reconnects": self.reconnects,
             "subscribers_min": self.subscribers_min, "subscribers_max": self.subscribers_max,
             "first_send": self.first_send, "last_send": self.last_send, "last_answer": self.last_answer,
-            "publish_rate": (self.k - 1) / window if window > 0 else 0.0,
+            # events/s: the events sent before the last request, over the time from the first send to the last
+            # (with single publishes, (sent - 1) / window)
+            "publish_rate": (self.k - self.last_batch) / window if window > 0 else 0.0,
             "lag_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": lags[-1] * 1e3 if lags else 0.0},
             "cpu_seconds": cpu,
         }
@@ -299,7 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds after the window before giving up")
     parser.add_argument("--max-lag", type=float, default=5.0,
                         help="--mode rate: stop publishing once an event is this many seconds late")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="events per request: above 1, the body is a JSON array of that many events")
     args = parser.parse_args(argv)
+    if args.batch < 1:
+        parser.error("--batch is at least 1")
     if not args.host.startswith("127.") and args.host not in ("localhost", "::1"):
         parser.error("loopback addresses only")
     result = Publisher(args).run()

@@ -24,8 +24,16 @@ def test_python_m_bench_runs_end_to_end_with_tiny_numbers() -> None:
     summary = json.loads(max(summaries).read_text())
     assert summary["failed"] == [], summary
     figures = {(row["scenario"], row["figure"]) for row in summary["rows"]}
-    assert {scenario for scenario, _ in figures} >= {"burst", "steady", "idle"}
-    assert all(row["median"] is not None for row in summary["rows"] if row["scenario"] == "burst")
+    assert {scenario for scenario, _ in figures} >= {"burst", "steady", "idle", "batch"}
+    assert all(row["median"] is not None for row in summary["rows"] if row["scenario"] in ("burst", "batch"))
+    # batches of 100 events per request, against the single publishes of the same run
+    batch = {row["figure"]: row for row in summary["rows"] if row["scenario"] == "batch"}
+    assert batch["events published/s"]["median"] > 0, batch
+    assert batch["events published/s"]["ratio"].endswith("(single publishes)"), batch
+    assert batch["deliveries/s"]["median"] > 0, batch
+    assert batch["delivered (received / expected)"]["result"] == "PASS", batch
+    assert "rover_stream: batch of 100: " in done.stdout and "x the events/s of single publishes" in done.stdout, \
+        done.stdout[-3000:]
     for path in summaries:
         path.unlink()
 
