@@ -251,6 +251,133 @@ def test_a_reset_reaches_the_callback_with_its_reason_and_what_was_lost(browser:
         page.close()
 
 
+# -- patterns -------------------------------------------------------------------------------------------------
+
+@pytest.mark.live
+def test_a_pattern_subscription_gets_the_channels_that_begin_later(browser: Any, server: Any) -> None:
+    """``subscribe("sensors.*")``: a channel that begins after subscribing is followed from its first event,
+    with its name in the handler's ``event.channel``; a channel that does not match is not."""
+    page = ClientPage(browser, server.url)
+    publish = Publisher(server.port, prefix=PREFIX)
+    try:
+        page.run("""() => {
+            window.got = []; window.resets = [];
+            window.feed = rs.subscribe("sensors.*", {
+                message: (data, event) => window.got.push([event.channel, event.type, data, event.id]),
+            }, {
+                onStateChange: (state) => { window.state = state; },
+                onReset: (reset) => window.resets.push(reset),
+            });
+        }""")
+        page.wait("window.state === 'open'")
+        assert page.run("window.feed.channels") == ["sensors.*"]
+        publish("weather.temp", {"c": 30})
+        publish("sensors.temp", {"c": 21})  # its first event: the channel begins now
+        publish("weather.temp", {"c": 31})
+        publish("sensors.temp", {"c": 22})
+        page.wait("window.got.length === 2")
+        got = page.run("window.got")
+        # One stream, in publication order: had weather.temp come through, it would be among these.
+        assert [row[:3] for row in got] == [["sensors.temp", "message", {"c": 21}],
+                                            ["sensors.temp", "message", {"c": 22}]]
+        assert all(re.fullmatch(r"sensors\.temp:\S+", row[3]) for row in got) and got[0][3] != got[1][3]
+        assert page.run("window.feed.lastEventId") == got[-1][3]
+        assert page.run("window.resets") == []
+        page.run("window.feed.close()")
+        assert page.run("window.state") == "closed"
+        assert page.unexpected() == []
+    finally:
+        publish.close()
+        page.close()
+
+
+@pytest.mark.live
+def test_a_pattern_subscriber_survives_a_server_restart_without_a_gap(browser: Any, tmp_path: Path) -> None:
+    """``numbers.*`` across a restart of the (in-process) server: ``numbers.a`` before and after it,
+    ``numbers.b`` beginning only on the new server. The stream resumes with its cursor; every number
+    arrives once. The new server does not know the old id of ``numbers.a``: at most an ``unknown`` reset
+    for it, whose replay is all new to the client."""
+    port = free_port()
+    env = {"ROVER_BIND": f"127.0.0.1:{port}", "ROVER_RETRY_MS": "500", **QUIET}
+    first = LiveServer(tmp_path, app=APP, env=env)
+    second = None
+    page = ClientPage(browser, first.url)
+    publish = Publisher(port, prefix=PREFIX)
+    try:
+        page.run("""() => {
+            window.got = []; window.states = []; window.resets = [];
+            window.feed = rs.subscribe("numbers.*", {
+                count: (data, event) => window.got.push([event.channel, data.n]),
+            }, {
+                onStateChange: (state) => window.states.push(state),
+                onReset: (reset) => window.resets.push(reset),
+            });
+        }""")
+        page.wait("window.states.includes('open')")
+        for n in range(1, 11):
+            publish("numbers.a", {"n": n}, event="count")
+        page.wait("window.got.length === 10")
+        assert re.fullmatch(r"numbers\.a:\S+", page.run("window.feed.lastEventId"))
+        first.stop()  # SIGTERM: the stream ends with its final event
+        page.wait("window.feed.state !== 'open'")
+        publish.close()
+        second = LiveServer(tmp_path, app=APP, env=env)
+        publish = Publisher(port, prefix=PREFIX)
+        for n in range(11, 21):  # published whether or not the page is back yet; numbers.b begins here
+            publish("numbers.a" if n % 2 else "numbers.b", {"n": n}, event="count")
+            time.sleep(0.05)
+        page.wait("window.got.length >= 20", timeout=15)
+        page.page.wait_for_timeout(300)  # nothing more comes: no duplicate
+        got = page.run("window.got")
+        assert sorted(n for _, n in got) == list(range(1, 21))
+        assert [c for c, n in got if n <= 10] == ["numbers.a"] * 10
+        assert {n: c for c, n in got if n > 10} == {n: "numbers.a" if n % 2 else "numbers.b" for n in range(11, 21)}
+        assert all((r["channel"], r["reason"]) == ("numbers.a", "unknown") for r in page.run("window.resets"))
+        cursor = page.run("window.feed.lastEventId")
+        assert sorted(part.split(":", 1)[0] for part in cursor.split(",")) == ["numbers.a", "numbers.b"]
+        assert page.run("window.feed.state") == "open"
+        assert page.unexpected() == []
+    finally:
+        publish.close()
+        page.close()
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+@pytest.mark.live
+def test_a_pattern_past_the_channel_bound_calls_on_reset(browser: Any, live_server: Any) -> None:
+    """ROVER_MAX_CHANNELS_PER_STREAM=2: the third channel ``fleet.*`` matches is not followed, and
+    ``onReset`` says so once (``too_many_channels``, with the limit); the two followed ones go on."""
+    server = live_server(app=APP, env={"ROVER_MAX_CHANNELS_PER_STREAM": "2", **QUIET})
+    publish = Publisher(server.port, prefix=PREFIX)
+    page = ClientPage(browser, server.url)
+    try:
+        page.run("""() => {
+            window.got = []; window.resets = [];
+            window.feed = rs.subscribe("fleet.*", { message: (data, event) => window.got.push([event.channel, data]) },
+                                       { onReset: (reset) => window.resets.push(reset) });
+        }""")
+        page.wait("window.feed.state === 'open'")
+        for n in range(3):
+            publish(f"fleet.rover{n}", n)
+        page.wait("window.got.length === 2 && window.resets.length === 1")
+        assert page.run("window.got") == [["fleet.rover0", 0], ["fleet.rover1", 1]]
+        assert page.run("window.resets") == [{"channel": "fleet.rover2", "reason": "too_many_channels",
+                                              "lastEventId": None, "missed": None, "replayed": 0, "limit": 2}]
+        publish("fleet.rover2", 3)  # still not followed, and not announced again
+        publish("fleet.rover1", 4)
+        page.wait("window.got.length === 3")
+        assert page.run("window.got")[2] == ["fleet.rover1", 4] and len(page.run("window.resets")) == 1
+        cursor = page.run("window.feed.lastEventId")
+        assert sorted(part.split(":", 1)[0] for part in cursor.split(",")) == ["fleet.rover0", "fleet.rover1"]
+        page.run("window.feed.close()")
+        assert page.unexpected() == []
+    finally:
+        publish.close()
+        page.close()
+
+
 # -- rooms ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.live

@@ -95,10 +95,12 @@ const HOME = new URL(".", import.meta.url);
  * @typedef {object} ResetInfo
  * @property {string} channel
  * @property {string} reason  `"expired"` (older than the history) or `"unknown"` (not an id of this
- *   history: from before a restart, say).
+ *   history: from before a restart, say); for a pattern, `"too_many_channels"`: `channel` matched it past the
+ *   stream's bound of followed channels, and is not followed.
  * @property {string | null} lastEventId  The id the client resumed from.
  * @property {number | null} missed  How many events were lost, when known.
  * @property {number} replayed  How many events the history still held and replays now.
+ * @property {number} [limit]  With `"too_many_channels"`: the bound (ROVER_MAX_CHANNELS_PER_STREAM).
  */
 
 /**
@@ -511,7 +513,8 @@ export class Subscription extends Connection {
       const data = decode(event.data) || {};
       if (this.options.onReset) {
         this.options.onReset({ channel: data.channel, reason: data.reason, lastEventId: data.last_event_id ?? null,
-          missed: data.missed ?? null, replayed: data.replayed ?? 0 });
+          missed: data.missed ?? null, replayed: data.replayed ?? 0,
+          ...(typeof data.limit === "number" ? { limit: data.limit } : {}) });
       }
     }));
     source.addEventListener("shutdown", mine((event) => {
